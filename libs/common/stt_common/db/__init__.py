@@ -1,0 +1,1 @@
+"""Database access: models, the engine factory and the conditional state transitions."""

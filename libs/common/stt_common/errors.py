@@ -1,0 +1,98 @@
+"""Error codes and the typed exceptions that map to them.
+
+Classification is by exception type, never by matching message text: a provider adapter
+raises the right subclass, and `classify` turns anything into one of the stable codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from enum import StrEnum
+
+import httpx
+
+
+class ErrorCode(StrEnum):
+    RATE_LIMITED = "rate_limited"
+    TIMEOUT = "timeout"
+    INVALID_AUDIO = "invalid_audio"
+    AUTH_ERROR = "auth_error"
+    PROVIDER_UNAVAILABLE = "provider_unavailable"
+    QUOTA_EXCEEDED = "quota_exceeded"
+    STALLED = "stalled"
+    CANCELLED = "cancelled"
+    UNKNOWN = "unknown"
+
+
+class SttError(Exception):
+    """Base of every error the pipeline classifies. `transient` errors are worth retrying."""
+
+    code: ErrorCode = ErrorCode.UNKNOWN
+    transient: bool = False
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+
+class RateLimitedError(SttError):
+    code = ErrorCode.RATE_LIMITED
+    transient = True
+
+
+class ProviderTimeoutError(SttError):
+    code = ErrorCode.TIMEOUT
+    transient = True
+
+
+class ProviderUnavailableError(SttError):
+    code = ErrorCode.PROVIDER_UNAVAILABLE
+    transient = True
+
+
+class InvalidAudioError(SttError):
+    code = ErrorCode.INVALID_AUDIO
+
+
+class AuthError(SttError):
+    code = ErrorCode.AUTH_ERROR
+
+
+class QuotaExceededError(SttError):
+    code = ErrorCode.QUOTA_EXCEEDED
+
+
+class StalledError(SttError):
+    code = ErrorCode.STALLED
+
+
+class CancelledJobError(SttError):
+    code = ErrorCode.CANCELLED
+
+
+# Transport failures from libraries we use directly, mapped once here.
+_LIBRARY_ERRORS: tuple[tuple[type[BaseException], ErrorCode], ...] = (
+    (httpx.TimeoutException, ErrorCode.TIMEOUT),
+    (asyncio.TimeoutError, ErrorCode.TIMEOUT),
+    (TimeoutError, ErrorCode.TIMEOUT),
+    (httpx.TransportError, ErrorCode.PROVIDER_UNAVAILABLE),
+    (ConnectionError, ErrorCode.PROVIDER_UNAVAILABLE),
+)
+
+
+def classify(exc: BaseException) -> ErrorCode:
+    """The stable error code for an exception (typed errors first, then known transport errors)."""
+    if isinstance(exc, SttError):
+        return exc.code
+    for exc_type, code in _LIBRARY_ERRORS:
+        if isinstance(exc, exc_type):
+            return code
+    return ErrorCode.UNKNOWN
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether retrying the same call later may succeed."""
+    if isinstance(exc, SttError):
+        return exc.transient
+    return classify(exc) in (ErrorCode.TIMEOUT, ErrorCode.PROVIDER_UNAVAILABLE)

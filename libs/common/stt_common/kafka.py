@@ -1,0 +1,95 @@
+"""Kafka plumbing: the producer every stage emits with, consumer and admin factories, topic set-up.
+
+Delivery is at-least-once by design; nothing here relies on broker transactions.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Self
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from stt_common.messages import Envelope, Topic
+from stt_common.settings import Settings
+
+
+class EventProducer:
+    """Emits envelopes with `acks=all`; `send` returns once the broker has the message."""
+
+    def __init__(self, settings: Settings, *, client_id: str) -> None:
+        self._producer = AIOKafkaProducer(
+            client_id=client_id,
+            acks="all",
+            enable_idempotence=settings.kafka_enable_idempotence,
+            linger_ms=5,
+            **settings.kafka_common_kwargs(),
+        )
+
+    async def __aenter__(self) -> Self:
+        await self._producer.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._producer.stop()
+
+    async def emit(self, topic: Topic, envelope: Envelope) -> None:
+        await self._producer.send_and_wait(topic.value, envelope.encode(), key=envelope.key())
+
+    async def send_raw(
+        self, topic: str, value: bytes | None, *, key: bytes | None, headers: list[tuple[str, bytes]]
+    ) -> None:
+        """For dead-lettering: the original bytes, untouched, plus headers that say where they came from."""
+        await self._producer.send_and_wait(topic, value, key=key, headers=headers)
+
+
+def make_consumer(settings: Settings, *, topic: Topic, group_id: str, client_id: str) -> AIOKafkaConsumer:
+    """A consumer that never commits on its own: the runner commits after the handler succeeded."""
+    return AIOKafkaConsumer(
+        topic.value,
+        group_id=group_id,
+        client_id=client_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        # A transcription can take minutes: keep the member in the group while handlers run.
+        max_poll_interval_ms=30 * 60 * 1000,
+        session_timeout_ms=30_000,
+        heartbeat_interval_ms=3_000,
+        **settings.kafka_common_kwargs(),
+    )
+
+
+def partitions_for(settings: Settings, topic: str) -> int:
+    if topic.startswith(Topic.CHUNKS_READY.value):
+        return settings.chunks_topic_partitions
+    return settings.topic_partitions
+
+
+async def ensure_topics(settings: Settings) -> list[str]:
+    """Create every pipeline topic and its DLQ if missing; returns the names it created.
+
+    Existing topics are listed first because some brokers report "already exists" only inside
+    the response, which aiokafka does not raise."""
+    wanted = [name for topic in Topic for name in (topic.value, topic.dlq)]
+    admin = AIOKafkaAdminClient(**settings.kafka_common_kwargs())
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [name for name in wanted if name not in existing]
+        if missing:
+            await admin.create_topics(
+                [
+                    NewTopic(
+                        name=name,
+                        num_partitions=partitions_for(settings, name),
+                        replication_factor=settings.topic_replication_factor,
+                    )
+                    for name in missing
+                ]
+            )
+        return missing
+    finally:
+        await admin.close()

@@ -1,0 +1,90 @@
+"""Typed settings shared by every stage.
+
+Each service builds one `Settings` (or its own subclass) in `main()` and passes it down;
+nothing in the code base reads `os.environ` on its own.
+"""
+
+from __future__ import annotations
+
+from typing import Self
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Values that ship in examples and must never reach production unchanged.
+PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "secret", "password", "minioadmin", "dev"})
+
+
+class Settings(BaseSettings):
+    """Connection settings and runner knobs every stage needs (env prefix `STT_`)."""
+
+    model_config = SettingsConfigDict(env_prefix="STT_", extra="ignore")
+
+    development: bool = Field(
+        default=False, description="Allow placeholder secrets and other conveniences for local work."
+    )
+    service_name: str = "stt"
+    log_level: str = "INFO"
+
+    database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/stt"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_enable_idempotence: bool = Field(
+        default=True, description="Idempotent producer; off against brokers without InitProducerId (Tansu)."
+    )
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    chunks_topic_partitions: int = Field(default=12, ge=1)
+    topic_partitions: int = Field(default=3, ge=1, description="Partitions of every other topic.")
+    topic_replication_factor: int = Field(default=1, ge=1)
+
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_bucket: str = "stt"
+    s3_access_key_id: str = ""
+    s3_secret_access_key: SecretStr = SecretStr("")
+    s3_multipart_threshold_bytes: int = Field(default=16 * 1024 * 1024, ge=5 * 1024 * 1024)
+    s3_multipart_chunk_bytes: int = Field(default=8 * 1024 * 1024, ge=5 * 1024 * 1024)
+
+    # Stage runner.
+    ops_host: str = "127.0.0.1"
+    ops_port: int = Field(default=8081, description="Port of /healthz, /readyz and /metrics.")
+    max_in_flight: int = Field(default=4, ge=1, description="Messages a stage handles at once.")
+    handler_attempts: int = Field(
+        default=3, ge=1, description="In-process tries of a failing handler before the stage stops."
+    )
+    drain_timeout_seconds: float = Field(
+        default=25.0, gt=0, description="On SIGTERM, how long in-flight messages may take to finish."
+    )
+    liveness_timeout_seconds: float = Field(
+        default=60.0, gt=0, description="The loop must tick within this or /healthz fails."
+    )
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_secrets(self) -> Self:
+        if self.development:
+            return self
+        secret = self.s3_secret_access_key.get_secret_value()
+        if self.s3_endpoint_url and secret.lower() in PLACEHOLDER_SECRETS:
+            raise ValueError(
+                "STT_S3_SECRET_ACCESS_KEY is empty or a placeholder; set a real secret "
+                "(or STT_DEVELOPMENT=true for local work)"
+            )
+        return self
+
+    def kafka_common_kwargs(self) -> dict[str, object]:
+        """Connection keyword arguments shared by aiokafka producers, consumers and admin clients."""
+        kwargs: dict[str, object] = {
+            "bootstrap_servers": self.kafka_bootstrap_servers,
+            "security_protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_sasl_mechanism:
+            kwargs["sasl_mechanism"] = self.kafka_sasl_mechanism
+            kwargs["sasl_plain_username"] = self.kafka_sasl_username
+            kwargs["sasl_plain_password"] = (
+                self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
+            )
+        return kwargs
