@@ -46,18 +46,19 @@ class EventProducer:
         await self._producer.send_and_wait(topic, value, key=key, headers=headers)
 
 
-def make_consumer(settings: Settings, *, topic: Topic, group_id: str, client_id: str) -> AIOKafkaConsumer:
-    """A consumer that never commits on its own: the runner commits after the handler succeeded."""
+def make_consumer(settings: Settings, *, group_id: str, client_id: str) -> AIOKafkaConsumer:
+    """A consumer that never commits on its own: the runner commits after the handler succeeded.
+    The caller subscribes (with its rebalance listener)."""
     return AIOKafkaConsumer(
-        topic.value,
         group_id=group_id,
         client_id=client_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        # A transcription can take minutes: keep the member in the group while handlers run.
-        max_poll_interval_ms=30 * 60 * 1000,
-        session_timeout_ms=30_000,
-        heartbeat_interval_ms=3_000,
+        # The runner polls continuously (pausing partitions while it is full), so a short poll
+        # interval is safe; it is also the rebalance timeout, which decides how fast a group heals.
+        max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
+        session_timeout_ms=settings.kafka_session_timeout_ms,
+        heartbeat_interval_ms=max(settings.kafka_session_timeout_ms // 4, 500),
         **settings.kafka_common_kwargs(),
     )
 

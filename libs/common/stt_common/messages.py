@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Topic(StrEnum):
@@ -57,6 +57,12 @@ class Envelope(BaseModel):
     occurred_at: datetime = Field(default_factory=_now)
     producer: str
     traceparent: str | None = None
+
+    @model_validator(mode="after")
+    def _chunk_messages_name_a_chunk(self) -> Envelope:
+        if (self.type == "stt.chunk.ready.v1") != (self.chunk_index is not None):
+            raise ValueError("chunk_index is required on chunk messages and only there")
+        return self
 
     @classmethod
     def for_topic(

@@ -161,10 +161,7 @@ class StageRunner:
     # -- loop -----------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        consumer = make_consumer(
-            self.settings, topic=self.topic, group_id=self._group_id, client_id=f"stt-{self.stage}"
-        )
-        consumer.unsubscribe()
+        consumer = make_consumer(self.settings, group_id=self._group_id, client_id=f"stt-{self.stage}")
         consumer.subscribe([self.topic.value], listener=_Rebalance(self))
         self._consumer = consumer
         await consumer.start()
@@ -174,13 +171,15 @@ class StageRunner:
             while not self._stopping.is_set():
                 self._tick()
                 free = self.settings.max_in_flight - len(self._tasks)
+                # While full, pause fetching but keep polling: polling is what keeps us in the group.
                 if free <= 0:
-                    await asyncio.wait(list(self._tasks), timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
+                    consumer.pause(*consumer.assignment())
                 else:
-                    batch = await consumer.getmany(timeout_ms=500, max_records=free)
-                    for tp, records in batch.items():
-                        for record in records:
-                            self._launch(tp, record)
+                    consumer.resume(*consumer.paused())
+                batch = await consumer.getmany(timeout_ms=500, max_records=max(free, 1))
+                for tp, records in batch.items():
+                    for record in records:
+                        self._launch(tp, record)
                 await self._commit()
             await self._drain(set(self._tasks))
             await self._commit()

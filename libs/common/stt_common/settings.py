@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     kafka_sasl_mechanism: str | None = None
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
+    kafka_session_timeout_ms: int = Field(
+        default=10_000, ge=1000, description="How soon a dead member is noticed."
+    )
+    kafka_max_poll_interval_ms: int = Field(default=60_000, ge=1000)
     chunks_topic_partitions: int = Field(default=12, ge=1)
     topic_partitions: int = Field(default=3, ge=1, description="Partitions of every other topic.")
     topic_replication_factor: int = Field(default=1, ge=1)
@@ -48,6 +52,10 @@ class Settings(BaseSettings):
     s3_secret_access_key: SecretStr = SecretStr("")
     s3_multipart_threshold_bytes: int = Field(default=16 * 1024 * 1024, ge=5 * 1024 * 1024)
     s3_multipart_chunk_bytes: int = Field(default=8 * 1024 * 1024, ge=5 * 1024 * 1024)
+
+    work_dir: str | None = Field(
+        default=None, description="Scratch space for audio (an emptyDir in Kubernetes); system temp if unset."
+    )
 
     # Stage runner.
     ops_host: str = "127.0.0.1"

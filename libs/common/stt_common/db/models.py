@@ -126,6 +126,9 @@ class Chunk(Base):
     start_seconds: Mapped[float] = mapped_column(Float)
     end_seconds: Mapped[float] = mapped_column(Float)
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # A transcriber holds a chunk while its lease is live and renews it while working; a chunk
+    # whose holder died (lease expired) may be claimed again by whoever receives its message.
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     error_code: Mapped[str | None] = mapped_column(String(32))
     error_message: Mapped[str | None] = mapped_column(Text)
     provider_seconds: Mapped[float | None] = mapped_column(Float)

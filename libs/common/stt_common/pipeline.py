@@ -1,0 +1,78 @@
+"""Steps several stages share: loading a job, failing it for good, telling the notifier.
+
+Kept here because the chunker, the transcriber and the maintenance job all end jobs the same way:
+one conditional transition to FAILED, then a `stt.jobs.finished` trigger so webhooks hear of it.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from stt_common import metrics
+from stt_common.db.jobs import transition_job
+from stt_common.db.models import ACTIVE_JOB_STATUSES, Chunk, ChunkStatus, Job, JobStatus
+from stt_common.errors import ErrorCode
+from stt_common.kafka import EventProducer
+from stt_common.messages import Envelope, Topic
+
+
+async def load_job(sessions: async_sessionmaker[AsyncSession], job_id: uuid.UUID) -> Job | None:
+    async with sessions() as session:
+        job: Job | None = await session.scalar(select(Job).where(Job.id == job_id))
+        return job
+
+
+async def fail_job(
+    sessions: async_sessionmaker[AsyncSession],
+    producer: EventProducer,
+    job_id: uuid.UUID,
+    *,
+    code: ErrorCode,
+    message: str,
+    stage: str,
+) -> bool:
+    """Mark an active job FAILED with a classified code and emit `finished`; False if it was not active."""
+    async with sessions() as session:
+        previous = await transition_job(
+            session,
+            job_id,
+            JobStatus.FAILED,
+            allowed_from=ACTIVE_JOB_STATUSES,
+            stage=stage,
+            detail={"error_code": code.value, "error_message": message[:2000]},
+            error_code=code.value,
+            error_message=message[:2000],
+        )
+        await session.commit()
+    if previous is None:
+        return False
+    metrics.JOBS_FINISHED.labels(JobStatus.FAILED.value, code.value).inc()
+    await producer.emit(Topic.JOBS_FINISHED, Envelope.for_topic(Topic.JOBS_FINISHED, job_id, producer=stage))
+    return True
+
+
+async def emit_pending_chunks(
+    sessions: async_sessionmaker[AsyncSession], producer: EventProducer, job: Job, *, stage: str
+) -> int:
+    """Emit triggers for a job's PENDING chunks: all of them (parallel) or the first (chained).
+
+    Safe to repeat: a transcriber claims a chunk conditionally, so an extra trigger is a no-op."""
+    async with sessions() as session:
+        pending = list(
+            await session.scalars(
+                select(Chunk.chunk_index)
+                .where(Chunk.job_id == job.id, Chunk.status == ChunkStatus.PENDING)
+                .order_by(Chunk.chunk_index)
+            )
+        )
+    if job.context_mode == "chained":
+        pending = pending[:1]
+    for index in pending:
+        await producer.emit(
+            Topic.CHUNKS_READY,
+            Envelope.for_topic(Topic.CHUNKS_READY, job.id, producer=stage, chunk_index=index),
+        )
+    return len(pending)

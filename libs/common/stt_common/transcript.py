@@ -1,0 +1,34 @@
+"""What a provider returns for one chunk, and what the merger assembles from chunks.
+
+Times in a `ChunkTranscript` are seconds relative to the start of the chunk's audio.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class Word(BaseModel):
+    start: float
+    end: float
+    text: str
+    probability: float | None = None
+
+
+class Segment(BaseModel):
+    start: float
+    end: float
+    text: str
+    words: list[Word] | None = None
+    speaker: str | None = None
+
+
+class ChunkTranscript(BaseModel):
+    segments: list[Segment] = Field(default_factory=list)
+    language: str | None = None
+    provider: str
+    model: str | None = None
+
+    @property
+    def text(self) -> str:
+        return " ".join(segment.text.strip() for segment in self.segments if segment.text.strip())

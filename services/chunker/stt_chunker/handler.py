@@ -1,0 +1,160 @@
+"""The chunker stage: original audio/video in S3 → normalised, planned, uploaded chunks + chunk rows.
+
+Idempotent: chunk keys are deterministic, chunk rows are inserted with ON CONFLICT DO NOTHING, and
+only the instance that wins `CHUNKING → TRANSCRIBING` emits the chunk triggers. A redelivered
+trigger for a job already TRANSCRIBING re-emits its pending chunks (the previous holder may have
+died between its commit and its produce); transcribers ignore chunks that are taken or done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+
+from sqlalchemy import func
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from stt_chunker.audio import cut_chunk, normalise, probe, quietest_point
+from stt_chunker.plan import ChunkWindow, plan_chunks
+from stt_chunker.settings import ChunkerSettings
+from stt_common.db.jobs import transition_job
+from stt_common.db.models import Chunk, ChunkStatus, Job, JobStatus
+from stt_common.errors import ErrorCode, InvalidAudioError
+from stt_common.kafka import EventProducer
+from stt_common.logs import get_logger
+from stt_common.messages import Envelope
+from stt_common.pipeline import emit_pending_chunks, fail_job, load_job
+from stt_common.runner import Outcome
+from stt_common.s3 import ObjectNotFoundError, ObjectStore, chunk_audio_key, original_key
+
+STAGE = "chunker"
+log = get_logger(__name__)
+
+
+class ChunkerHandler:
+    def __init__(
+        self,
+        settings: ChunkerSettings,
+        sessions: async_sessionmaker[AsyncSession],
+        store: ObjectStore,
+        producer: EventProducer,
+    ) -> None:
+        self._settings = settings
+        self._sessions = sessions
+        self._store = store
+        self._producer = producer
+
+    async def __call__(self, envelope: Envelope) -> Outcome:
+        job = await load_job(self._sessions, envelope.job_id)
+        if job is None:
+            return Outcome.DUPLICATE  # deleted meanwhile
+        if job.status == JobStatus.TRANSCRIBING:
+            await emit_pending_chunks(self._sessions, self._producer, job, stage=STAGE)
+            return Outcome.DUPLICATE
+        if job.status not in (JobStatus.UPLOADED, JobStatus.CHUNKING):
+            return Outcome.DUPLICATE  # cancelled, failed, or further along
+
+        # UPLOADED → CHUNKING; a job already CHUNKING is one whose chunker died: chunk it again.
+        async with self._sessions() as session:
+            await transition_job(
+                session,
+                job.id,
+                JobStatus.CHUNKING,
+                allowed_from={JobStatus.UPLOADED},
+                stage=STAGE,
+                started_at=job.started_at or func.now(),
+            )
+            await session.commit()
+
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix=f"chunk-{job.id}-", dir=self._settings.work_dir) as tmp:
+            workdir = Path(tmp)
+            try:
+                windows, duration = await self._split(job, workdir)
+            except InvalidAudioError as exc:
+                await fail_job(
+                    self._sessions,
+                    self._producer,
+                    job.id,
+                    code=ErrorCode.INVALID_AUDIO,
+                    message=exc.message,
+                    stage=STAGE,
+                )
+                return Outcome.OK
+            except ObjectNotFoundError:
+                await fail_job(
+                    self._sessions,
+                    self._producer,
+                    job.id,
+                    code=ErrorCode.INVALID_AUDIO,
+                    message="the uploaded file is missing from storage; submit it again",
+                    stage=STAGE,
+                )
+                return Outcome.OK
+
+        async with self._sessions() as session:
+            await session.execute(
+                insert(Chunk)
+                .values(
+                    [
+                        {
+                            "job_id": job.id,
+                            "chunk_index": w.index,
+                            "start_seconds": w.start,
+                            "end_seconds": w.end,
+                            "status": ChunkStatus.PENDING,
+                        }
+                        for w in windows
+                    ]
+                )
+                .on_conflict_do_nothing(index_elements=["job_id", "chunk_index"])
+            )
+            won = await transition_job(
+                session,
+                job.id,
+                JobStatus.TRANSCRIBING,
+                allowed_from={JobStatus.CHUNKING},
+                stage=STAGE,
+                detail={
+                    "chunks": len(windows),
+                    "duration_seconds": round(duration, 3),
+                    "chunking_seconds": round(time.perf_counter() - started, 3),
+                },
+                chunks_total=len(windows),
+                duration_seconds=duration,
+            )
+            await session.commit()
+        if won is None:
+            return Outcome.DUPLICATE  # another instance finished first, or the job was cancelled
+        job.chunks_total = len(windows)
+        await emit_pending_chunks(self._sessions, self._producer, job, stage=STAGE)
+        return Outcome.OK
+
+    async def _split(self, job: Job, workdir: Path) -> tuple[list[ChunkWindow], float]:
+        original = workdir / "original"
+        await self._store.download_file(original_key(job.id), original)
+        await probe(original)
+        wav = workdir / "audio.wav"
+        duration = await normalise(original, wav)
+        original.unlink()
+        settings = self._settings
+        windows = await asyncio.to_thread(
+            plan_chunks,
+            duration,
+            chunk_seconds=settings.chunk_seconds,
+            overlap_seconds=settings.chunk_overlap_seconds,
+            search_window_seconds=settings.chunk_search_window_seconds,
+            quietest=lambda start, end: quietest_point(wav, start, end),
+        )
+        for window in windows:
+            path = workdir / f"{window.index:04d}.wav"
+            await cut_chunk(wav, window.start, window.end, path)
+            await self._store.upload_file(
+                chunk_audio_key(job.id, window.index), path, content_type="audio/wav"
+            )
+            path.unlink()
+        log.info("chunked", chunks=len(windows), duration_s=round(duration, 1))
+        return windows, duration

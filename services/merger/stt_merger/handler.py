@@ -1,0 +1,161 @@
+"""The merger stage: per-chunk JSON → one transcript (JSON, TXT, SRT, VTT) → COMPLETED → finished.
+
+Outputs go to deterministic keys, and `MERGING → COMPLETED` is conditional, so a redelivered
+trigger rewrites identical files and cannot complete a job twice (or a cancelled one at all).
+A redelivered trigger for a job already finished re-emits `finished`, in case the previous holder
+died between its commit and its produce; the notifier de-duplicates by event id.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import Histogram
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from stt_common import metrics
+from stt_common.db.jobs import transition_job
+from stt_common.db.models import Chunk, Job, JobStatus
+from stt_common.kafka import EventProducer
+from stt_common.messages import Envelope, Topic
+from stt_common.pipeline import load_job
+from stt_common.runner import Outcome
+from stt_common.s3 import ObjectStore, chunk_result_key, result_key
+from stt_common.transcript import ChunkTranscript, Segment
+from stt_merger.formats import to_srt, to_txt, to_vtt
+from stt_merger.merge import ChunkInput, merge_chunks
+
+STAGE = "merger"
+
+JOB_SECONDS = Histogram(
+    "stt_job_duration_seconds",
+    "Submission to completion, per completed job.",
+    buckets=(5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200),
+)
+REALTIME_FACTOR = Histogram(
+    "stt_job_realtime_factor",
+    "Audio seconds per second of processing (submission to completion), per completed job.",
+    buckets=(0.5, 1, 2, 5, 10, 20, 50, 100),
+)
+
+_CONTENT_TYPES = {
+    "json": "application/json",
+    "txt": "text/plain; charset=utf-8",
+    "srt": "application/x-subrip; charset=utf-8",
+    "vtt": "text/vtt; charset=utf-8",
+}
+
+
+class MergerHandler:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], store: ObjectStore, producer: EventProducer
+    ) -> None:
+        self._sessions = sessions
+        self._store = store
+        self._producer = producer
+
+    async def __call__(self, envelope: Envelope) -> Outcome:
+        job = await load_job(self._sessions, envelope.job_id)
+        if job is None:
+            return Outcome.DUPLICATE
+        if JobStatus(job.status).terminal:
+            await self._emit_finished(job)
+            return Outcome.DUPLICATE
+        if job.status != JobStatus.MERGING:
+            return Outcome.DUPLICATE
+
+        document = await self._merge(job)
+        for fmt, body in _renderings(document).items():
+            await self._store.put_bytes(result_key(job.id, fmt), body, content_type=_CONTENT_TYPES[fmt])
+
+        async with self._sessions() as session:
+            won = await transition_job(
+                session,
+                job.id,
+                JobStatus.COMPLETED,
+                allowed_from={JobStatus.MERGING},
+                stage=STAGE,
+                detail={
+                    "segments": len(document["segments"]),
+                    "warnings": len(document["quality"]["warnings"]),
+                },
+            )
+            await session.commit()
+        if won is None:
+            return Outcome.DUPLICATE  # cancelled while merging, or another merger won
+        self._observe(job)
+        await self._emit_finished(job)
+        return Outcome.OK
+
+    async def _merge(self, job: Job) -> dict[str, Any]:
+        async with self._sessions() as session:
+            chunks = list(
+                await session.scalars(select(Chunk).where(Chunk.job_id == job.id).order_by(Chunk.chunk_index))
+            )
+        inputs: list[ChunkInput] = []
+        reports: list[dict[str, Any]] = []
+        for chunk in chunks:
+            saved = json.loads(await self._store.get_bytes(chunk_result_key(job.id, chunk.chunk_index)))
+            inputs.append(
+                ChunkInput(
+                    index=chunk.chunk_index,
+                    start_seconds=chunk.start_seconds,
+                    end_seconds=chunk.end_seconds,
+                    transcript=ChunkTranscript.model_validate(saved["transcript"]),
+                )
+            )
+            reports.append(
+                {
+                    "index": chunk.chunk_index,
+                    "start_seconds": chunk.start_seconds,
+                    "end_seconds": chunk.end_seconds,
+                    "provider_seconds": saved.get("provider_seconds"),
+                    "tries": len(saved.get("tries", [])),
+                    "provider_calls": sum(len(t.get("calls", [])) for t in saved.get("tries", [])),
+                    "coverage_gaps": saved.get("coverage_gaps", []),
+                    "warnings": saved.get("warnings", []),
+                }
+            )
+        merged = merge_chunks(inputs)
+        first = inputs[0].transcript if inputs else None
+        return {
+            "job_id": str(job.id),
+            "text": merged.text,
+            "language": merged.language or job.language,
+            "duration_seconds": job.duration_seconds,
+            "provider": job.provider,
+            "model": (first.model if first else None) or job.model,
+            "segments": [segment.model_dump(mode="json", exclude_none=True) for segment in merged.segments],
+            "chunks": reports,
+            "quality": {
+                "coverage_gaps": {r["index"]: r["coverage_gaps"] for r in reports if r["coverage_gaps"]},
+                "merge_decisions": [decision.model_dump(mode="json") for decision in merged.decisions],
+                "retries": sum(max(r["provider_calls"] - 1, 0) for r in reports),
+                "warnings": [w for r in reports for w in r["warnings"]],
+            },
+        }
+
+    def _observe(self, job: Job) -> None:
+        metrics.JOBS_FINISHED.labels(JobStatus.COMPLETED.value, "").inc()
+        elapsed = (datetime.now(UTC) - job.created_at).total_seconds()
+        JOB_SECONDS.observe(elapsed)
+        if job.duration_seconds and elapsed > 0:
+            REALTIME_FACTOR.observe(job.duration_seconds / elapsed)
+
+    async def _emit_finished(self, job: Job) -> None:
+        await self._producer.emit(
+            Topic.JOBS_FINISHED, Envelope.for_topic(Topic.JOBS_FINISHED, job.id, producer=STAGE)
+        )
+
+
+def _renderings(document: dict[str, Any]) -> dict[str, bytes]:
+    segments = [Segment.model_validate(s) for s in document["segments"]]
+    return {
+        "json": json.dumps(document, ensure_ascii=False, indent=1).encode(),
+        "txt": to_txt(segments).encode(),
+        "srt": to_srt(segments).encode(),
+        "vtt": to_vtt(segments).encode(),
+    }

@@ -1,0 +1,397 @@
+"""The transcriber stage: one chunk → provider → per-chunk JSON in S3; the last chunk starts the merge.
+
+Claiming is conditional (PENDING, or PROCESSING whose lease expired because its holder died), the
+fan-in is serialised by a lock on the job row, and a redelivered trigger for a finished chunk
+re-emits whatever should have followed it — so killing a transcriber anywhere loses nothing and
+duplicates nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import Counter, Histogram
+from sqlalchemy import func, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from stt_common.db.jobs import record_event, transition_job
+from stt_common.db.models import Chunk, ChunkStatus, Job, JobStatus
+from stt_common.errors import CancelledJobError, ErrorCode, SttError, classify, is_transient
+from stt_common.kafka import EventProducer
+from stt_common.logs import get_logger
+from stt_common.messages import Envelope, Topic
+from stt_common.pipeline import fail_job, load_job
+from stt_common.providers import Provider, ProviderRequest
+from stt_common.runner import Outcome
+from stt_common.s3 import ObjectStore, chunk_audio_key, chunk_result_key
+from stt_common.transcript import ChunkTranscript, Segment
+from stt_transcriber.coverage import speech_gaps, speech_mask
+from stt_transcriber.pool import ProviderPool
+from stt_transcriber.settings import TranscriberSettings
+
+STAGE = "transcriber"
+log = get_logger(__name__)
+
+PROVIDER_SECONDS = Histogram(
+    "stt_provider_call_seconds",
+    "Latency of one provider call.",
+    ["provider"],
+    buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600),
+)
+PROVIDER_ERRORS = Counter("stt_provider_errors_total", "Failed provider calls.", ["provider", "error_code"])
+CHUNK_RETRIES = Counter("stt_chunk_retries_total", "Extra provider tries of a chunk.", ["provider", "reason"])
+COVERAGE_GAPS = Counter(
+    "stt_coverage_gaps_total", "Chunks left with a speech gap after all tries.", ["provider"]
+)
+
+_CLAIM = text(
+    """
+    UPDATE chunks SET status = 'PROCESSING', attempts = attempts + 1, updated_at = now(),
+           lease_expires_at = now() + make_interval(secs => :lease)
+    WHERE job_id = :job_id AND chunk_index = :index
+      AND (status = 'PENDING' OR (status = 'PROCESSING' AND lease_expires_at < now()))
+      AND EXISTS (SELECT 1 FROM jobs WHERE id = :job_id AND status = 'TRANSCRIBING')
+    RETURNING start_seconds, end_seconds, attempts
+    """
+)
+
+
+_RENEW = text(
+    """
+    UPDATE chunks SET lease_expires_at = now() + make_interval(secs => :lease)
+    WHERE job_id = :job_id AND chunk_index = :index AND status = 'PROCESSING'
+    """
+)
+
+
+@dataclass(frozen=True)
+class ClaimedChunk:
+    job: Job
+    index: int
+    start: float
+    end: float
+    attempt: int
+
+
+class TranscriberHandler:
+    def __init__(
+        self,
+        settings: TranscriberSettings,
+        sessions: async_sessionmaker[AsyncSession],
+        store: ObjectStore,
+        producer: EventProducer,
+        providers: ProviderPool,
+    ) -> None:
+        self._settings = settings
+        self._sessions = sessions
+        self._store = store
+        self._producer = producer
+        self._providers = providers
+
+    async def __call__(self, envelope: Envelope) -> Outcome:
+        assert envelope.chunk_index is not None  # guaranteed by the envelope's validator
+        index = envelope.chunk_index
+        deadline = time.monotonic() + self._settings.lease_seconds + 10
+        while True:
+            job = await load_job(self._sessions, envelope.job_id)
+            if job is None or JobStatus(job.status).terminal:
+                return Outcome.DUPLICATE  # deleted, cancelled or failed: leave the chunk alone
+            claimed = await self._claim(job, index)
+            if claimed is not None:
+                return await self._transcribe(claimed)
+            chunk = await self._chunk(job.id, index)
+            if chunk is None or chunk.status == ChunkStatus.FAILED:
+                return Outcome.DUPLICATE
+            if chunk.status == ChunkStatus.COMPLETED:
+                await self._emit_followers(job, index, merging=job.status == JobStatus.MERGING)
+                return Outcome.DUPLICATE
+            # PROCESSING under a live lease: a duplicate trigger, or a holder that just died.
+            # Wait for the lease to end either way, so a dead holder's chunk is not stranded.
+            if time.monotonic() > deadline:
+                return Outcome.DUPLICATE
+            await asyncio.sleep(min(2.0, self._settings.lease_seconds / 4))
+
+    # -- claim and lease ------------------------------------------------------------------------
+
+    async def _claim(self, job: Job, index: int) -> ClaimedChunk | None:
+        async with self._sessions() as session:
+            row = (
+                await session.execute(
+                    _CLAIM, {"job_id": job.id, "index": index, "lease": self._settings.lease_seconds}
+                )
+            ).first()
+            await session.commit()
+        if row is None:
+            return None
+        return ClaimedChunk(
+            job=job, index=index, start=row.start_seconds, end=row.end_seconds, attempt=row.attempts
+        )
+
+    async def _chunk(self, job_id: uuid.UUID, index: int) -> Chunk | None:
+        async with self._sessions() as session:
+            chunk: Chunk | None = await session.scalar(
+                select(Chunk).where(Chunk.job_id == job_id, Chunk.chunk_index == index)
+            )
+            return chunk
+
+    @contextlib.asynccontextmanager
+    async def _lease(self, job_id: uuid.UUID, index: int) -> AsyncIterator[None]:
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(self._settings.lease_renew_seconds)
+                async with self._sessions() as session:
+                    await session.execute(
+                        _RENEW, {"job_id": job_id, "index": index, "lease": self._settings.lease_seconds}
+                    )
+                    await session.commit()
+
+        task = asyncio.create_task(renew())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # -- the work -------------------------------------------------------------------------------
+
+    async def _transcribe(self, chunk: ClaimedChunk) -> Outcome:
+        job = chunk.job
+        provider = self._providers.get(job.provider)
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory(
+            prefix=f"tx-{job.id}-{chunk.index}-", dir=self._settings.work_dir
+        ) as tmp:
+            audio = Path(tmp) / "chunk.wav"
+            async with self._lease(job.id, chunk.index):
+                await self._store.download_file(chunk_audio_key(job.id, chunk.index), audio)
+                request = ProviderRequest(
+                    language=job.language,
+                    model=job.model,
+                    prompt=(job.options or {}).get("prompt"),
+                    context_segments=await self._context(job, chunk.index),
+                    options=dict(job.options or {}),
+                )
+                try:
+                    result, report = await self._best_attempt(provider, audio, request, job.id)
+                except CancelledJobError:
+                    await self._release(job.id, chunk.index)
+                    return Outcome.OK
+                except Exception as exc:
+                    code = classify(exc)
+                    message = exc.message if isinstance(exc, SttError) else f"{type(exc).__name__}: {exc}"
+                    log.warning("chunk failed for good", error_code=code.value, error=message[:300])
+                    await self._fail_chunk(job.id, chunk.index, code, message)
+                    await fail_job(
+                        self._sessions,
+                        self._producer,
+                        job.id,
+                        code=code,
+                        message=f"chunk {chunk.index} ({provider.name}): {message}",
+                        stage=STAGE,
+                    )
+                    return Outcome.OK
+        provider_seconds = report["provider_seconds"]
+        document = {
+            "job_id": str(job.id),
+            "chunk_index": chunk.index,
+            "start_seconds": chunk.start,
+            "end_seconds": chunk.end,
+            "delivery_attempt": chunk.attempt,
+            "wall_seconds": round(time.perf_counter() - started, 3),
+            **report,
+            "transcript": result.model_dump(mode="json"),
+        }
+        await self._store.put_bytes(
+            chunk_result_key(job.id, chunk.index),
+            json.dumps(document, ensure_ascii=False).encode(),
+            content_type="application/json",
+        )
+        merging = await self._complete(job, chunk.index, provider_seconds)
+        if merging is None:
+            return Outcome.DUPLICATE
+        await self._emit_followers(job, chunk.index, merging=merging)
+        return Outcome.OK
+
+    async def _context(self, job: Job, index: int) -> list[Segment]:
+        if job.context_mode != "chained" or index == 0 or self._settings.context_segments == 0:
+            return []
+        previous = json.loads(await self._store.get_bytes(chunk_result_key(job.id, index - 1)))
+        transcript = ChunkTranscript.model_validate(previous["transcript"])
+        return transcript.segments[-self._settings.context_segments :]
+
+    async def _best_attempt(
+        self, provider: Provider, audio: Path, request: ProviderRequest, job_id: uuid.UUID
+    ) -> tuple[ChunkTranscript, dict[str, Any]]:
+        """Call the provider; retry when speech is left untranscribed; keep the best try."""
+        mask = await asyncio.to_thread(speech_mask, audio)
+        best: tuple[ChunkTranscript, list[tuple[float, float]]] | None = None
+        tries: list[dict[str, Any]] = []
+        provider_seconds = 0.0
+        for coverage_try in range(1 + self._settings.coverage_retries):
+            if coverage_try:
+                CHUNK_RETRIES.labels(provider.name, "coverage").inc()
+            result, calls = await self._call_with_retries(provider, audio, request, job_id)
+            provider_seconds += sum(call["seconds"] for call in calls)
+            gaps = speech_gaps(result, mask, min_gap_seconds=self._settings.coverage_gap_seconds)
+            tries.append({"calls": calls, "coverage_gaps": gaps, "segments": len(result.segments)})
+            if best is None or _gap_total(gaps) < _gap_total(best[1]):
+                best = (result, gaps)
+            if not gaps:
+                break
+        assert best is not None
+        warnings = []
+        if best[1]:
+            COVERAGE_GAPS.labels(provider.name).inc()
+            warnings.append(f"speech left untranscribed after {len(tries)} tries: {best[1]}")
+        return best[0], {
+            "provider": provider.name,
+            "provider_seconds": round(provider_seconds, 3),
+            "tries": tries,
+            "coverage_gaps": best[1],
+            "warnings": warnings,
+        }
+
+    async def _call_with_retries(
+        self, provider: Provider, audio: Path, request: ProviderRequest, job_id: uuid.UUID
+    ) -> tuple[ChunkTranscript, list[dict[str, Any]]]:
+        settings = self._settings
+        calls: list[dict[str, Any]] = []
+        for attempt in range(1, settings.provider_attempts + 1):
+            if attempt > 1:
+                await self._check_not_cancelled(job_id)
+            started = time.perf_counter()
+            try:
+                result = await asyncio.wait_for(
+                    provider.transcribe(audio, request), settings.provider_timeout_seconds
+                )
+            except Exception as exc:
+                seconds = time.perf_counter() - started
+                code = classify(exc)
+                PROVIDER_ERRORS.labels(provider.name, code.value).inc()
+                calls.append(
+                    {"seconds": round(seconds, 3), "error_code": code.value, "error": str(exc)[:300]}
+                )
+                if not is_transient(exc) or attempt == settings.provider_attempts:
+                    raise
+                delay = _backoff(attempt, settings.backoff_base_seconds, settings.backoff_max_seconds)
+                if isinstance(exc, SttError) and exc.retry_after is not None:
+                    delay = min(max(delay, exc.retry_after), settings.backoff_max_seconds)
+                CHUNK_RETRIES.labels(provider.name, code.value).inc()
+                log.info(
+                    "provider call failed, retrying", error_code=code.value, attempt=attempt, delay_s=delay
+                )
+                await asyncio.sleep(delay)
+                continue
+            seconds = time.perf_counter() - started
+            PROVIDER_SECONDS.labels(provider.name).observe(seconds)
+            calls.append({"seconds": round(seconds, 3)})
+            return result, calls
+        raise AssertionError("unreachable")
+
+    async def _check_not_cancelled(self, job_id: uuid.UUID) -> None:
+        job = await load_job(self._sessions, job_id)
+        if job is None or job.status != JobStatus.TRANSCRIBING:
+            raise CancelledJobError("the job was cancelled, deleted or failed while this chunk was retried")
+
+    # -- finishing ------------------------------------------------------------------------------
+
+    async def _complete(self, job: Job, index: int, provider_seconds: float) -> bool | None:
+        """Mark the chunk done; the completion that leaves no chunk unfinished moves the job to MERGING.
+
+        Returns whether this call started the merge, or None if the chunk was not ours any more."""
+        async with self._sessions() as session:
+            # The job row lock serialises completions of one job, so exactly one sees "none left".
+            await session.execute(select(Job.id).where(Job.id == job.id).with_for_update())
+            done = await session.execute(
+                update(Chunk)
+                .where(
+                    Chunk.job_id == job.id, Chunk.chunk_index == index, Chunk.status == ChunkStatus.PROCESSING
+                )
+                .values(
+                    status=ChunkStatus.COMPLETED, provider_seconds=provider_seconds, lease_expires_at=None
+                )
+                .returning(Chunk.id)
+            )
+            if done.first() is None:
+                await session.rollback()
+                return None
+            record_event(
+                session,
+                job.id,
+                stage=STAGE,
+                detail={"chunk_index": index, "provider_seconds": provider_seconds},
+            )
+            unfinished = await session.scalar(
+                select(func.count())
+                .select_from(Chunk)
+                .where(Chunk.job_id == job.id, Chunk.status != ChunkStatus.COMPLETED)
+            )
+            merging = False
+            if unfinished == 0:
+                merging = (
+                    await transition_job(
+                        session, job.id, JobStatus.MERGING, allowed_from={JobStatus.TRANSCRIBING}, stage=STAGE
+                    )
+                    is not None
+                )
+            await session.commit()
+        return merging
+
+    async def _emit_followers(self, job: Job, index: int, *, merging: bool) -> None:
+        if merging:
+            await self._producer.emit(
+                Topic.JOBS_TRANSCRIBED, Envelope.for_topic(Topic.JOBS_TRANSCRIBED, job.id, producer=STAGE)
+            )
+            return
+        if job.context_mode == "chained":
+            following = await self._chunk(job.id, index + 1)
+            if following is not None and following.status == ChunkStatus.PENDING:
+                await self._producer.emit(
+                    Topic.CHUNKS_READY,
+                    Envelope.for_topic(Topic.CHUNKS_READY, job.id, producer=STAGE, chunk_index=index + 1),
+                )
+
+    async def _release(self, job_id: uuid.UUID, index: int) -> None:
+        async with self._sessions() as session:
+            await session.execute(
+                update(Chunk)
+                .where(
+                    Chunk.job_id == job_id, Chunk.chunk_index == index, Chunk.status == ChunkStatus.PROCESSING
+                )
+                .values(status=ChunkStatus.PENDING, lease_expires_at=None)
+            )
+            await session.commit()
+
+    async def _fail_chunk(self, job_id: uuid.UUID, index: int, code: ErrorCode, message: str) -> None:
+        async with self._sessions() as session:
+            await session.execute(
+                update(Chunk)
+                .where(Chunk.job_id == job_id, Chunk.chunk_index == index)
+                .values(
+                    status=ChunkStatus.FAILED,
+                    error_code=code.value,
+                    error_message=message[:2000],
+                    lease_expires_at=None,
+                )
+            )
+            await session.commit()
+
+
+def _backoff(attempt: int, base: float, cap: float) -> float:
+    """Exponential backoff with full jitter."""
+    return random.uniform(0, min(cap, base * 2 ** (attempt - 1)))
+
+
+def _gap_total(gaps: list[tuple[float, float]]) -> float:
+    return sum(end - start for start, end in gaps)

@@ -1,0 +1,43 @@
+"""Provider instances by name, built once per process from settings (models load once)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stt_common.providers import Provider, get_provider
+from stt_transcriber.settings import TranscriberSettings
+
+
+class ProviderPool:
+    def __init__(self, settings: TranscriberSettings) -> None:
+        self._settings = settings
+        self._providers: dict[str, Provider] = {}
+
+    def config_for(self, name: str) -> dict[str, Any]:
+        s = self._settings
+        if name == "local":
+            return {
+                "model": s.local_model,
+                "device": s.local_device,
+                "compute_type": s.local_compute_type,
+                "beam_size": s.local_beam_size,
+                "cpu_threads": s.local_cpu_threads,
+            }
+        if name == "openai":
+            return {
+                "api_key": s.openai_api_key.get_secret_value() if s.openai_api_key else None,
+                "base_url": s.openai_base_url,
+                "model": s.openai_model,
+                "timeout": s.provider_timeout_seconds,
+            }
+        return {}
+
+    def get(self, name: str) -> Provider:
+        if name not in self._providers:
+            self._providers[name] = get_provider(name, **self.config_for(name))
+        return self._providers[name]
+
+    async def aclose(self) -> None:
+        for provider in self._providers.values():
+            await provider.aclose()
+        self._providers.clear()

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+
+from stt_common.settings import Settings
+
+
+class TranscriberSettings(Settings):
+    service_name: str = "transcriber"
+    ops_port: int = 8083
+    max_in_flight: int = Field(
+        default=1, ge=1, description="Chunks handled at once; raise it for remote providers (I/O-bound)."
+    )
+    lease_seconds: float = Field(default=60.0, gt=0, description="How long a claimed chunk stays ours.")
+    lease_renew_seconds: float = Field(default=15.0, gt=0)
+    provider_attempts: int = Field(
+        default=5, ge=1, description="Tries per provider call on transient errors."
+    )
+    backoff_base_seconds: float = Field(default=1.0, ge=0)
+    backoff_max_seconds: float = Field(default=60.0, ge=0)
+    coverage_gap_seconds: float = Field(default=15.0, gt=0)
+    coverage_retries: int = Field(default=2, ge=0, description="Extra tries when a chunk has a speech gap.")
+    context_segments: int = Field(default=3, ge=0, description="Previous segments given in chained mode.")
+
+    # The embedded provider.
+    local_model: str | None = Field(default=None, description="faster-whisper model name or path.")
+    local_device: str = "auto"
+    local_compute_type: str | None = Field(
+        default=None, description="int8 on CPU, float16 on CUDA when unset."
+    )
+    local_beam_size: int = Field(default=5, ge=1)
+    local_cpu_threads: int = Field(default=0, ge=0)
+
+    # OpenAI and OpenAI-compatible servers.
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = None
+    openai_model: str = "whisper-1"
+    provider_timeout_seconds: float = Field(default=300.0, gt=0)

@@ -1,0 +1,211 @@
+"""The embedded `local` provider against the real bundled tiny.en model and real read speech (LibriVox)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import re
+import time
+import wave
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import jiwer
+import pytest
+import pytest_asyncio
+
+from stt_common.errors import InvalidAudioError, classify
+from stt_common.providers.base import ProviderRequest, get_provider, registered_providers
+from stt_common.transcript import ChunkTranscript, Segment
+from stt_transcriber.providers import register_builtin_providers
+from stt_transcriber.providers.local import LocalModelError, LocalWhisperProvider, build_initial_prompt
+
+LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
+UTTERANCE = "sense_and_sensibility_01_austen_64kb-0870"
+
+
+def _references() -> dict[str, str]:
+    refs: dict[str, str] = {}
+    for line in (LIBRIVOX / "transcription").read_text().splitlines():
+        match = re.fullmatch(r"<s>\s*(.*?)\s*</s>\s*\((.+)\)", line.strip())
+        if match:
+            refs[match.group(2)] = match.group(1)
+    return refs
+
+
+_ABBREVIATIONS = {"mr": "mister", "mrs": "missus", "dr": "doctor"}
+
+
+def _normalise(text: str) -> str:
+    words = re.sub(r"[^a-z0-9' ]+", " ", text.lower().replace("-", " ")).split()
+    return " ".join(_ABBREVIATIONS.get(w, w) for w in words)
+
+
+def _wer(reference: str, hypothesis: str) -> float:
+    return float(jiwer.wer(_normalise(reference), _normalise(hypothesis)))
+
+
+def _duration(path: Path) -> float:
+    with wave.open(str(path)) as w:
+        return float(w.getnframes() / w.getframerate())
+
+
+def _check_words(transcript: ChunkTranscript, duration: float) -> None:
+    words = [w for s in transcript.segments for w in (s.words or [])]
+    assert words, "word timestamps are always requested"
+    previous_start = 0.0
+    for word in words:
+        assert 0.0 <= word.start <= word.end <= duration + 1e-6, word
+        assert word.start >= previous_start - 1e-6, "word start times must not go backwards"
+        previous_start = word.start
+        assert word.text
+        assert word.text == word.text.strip()
+        assert word.probability is not None
+        assert 0.0 <= word.probability <= 1.0
+    for segment in transcript.segments:
+        assert 0.0 <= segment.start <= segment.end <= duration + 1e-6
+        assert segment.text
+        assert segment.text == segment.text.strip()
+
+
+@pytest.fixture(scope="module")
+def librivox_concat(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """All five LibriVox utterances, 0.6 s of silence apart (~27 s): several segments, VAD at work."""
+    refs = _references()
+    out = tmp_path_factory.mktemp("audio") / "librivox_all.wav"
+    silence = b"\x00\x00" * int(16_000 * 0.6)
+    texts = []
+    with wave.open(str(out), "wb") as dst:
+        dst.setnchannels(1)
+        dst.setsampwidth(2)
+        dst.setframerate(16_000)
+        for wav in sorted(LIBRIVOX.glob("*.wav")):
+            with wave.open(str(wav)) as src:
+                assert (src.getnchannels(), src.getsampwidth(), src.getframerate()) == (1, 2, 16_000)
+                dst.writeframes(src.readframes(src.getnframes()) + silence)
+            texts.append(refs[wav.stem])
+    return out, " ".join(texts)
+
+
+@pytest_asyncio.fixture(scope="module")
+async def provider() -> AsyncIterator[LocalWhisperProvider]:
+    register_builtin_providers()
+    instance = get_provider("local", cpu_threads=2)
+    assert isinstance(instance, LocalWhisperProvider)
+    await instance.load()
+    yield instance
+    await instance.aclose()
+
+
+def test_registered_with_bundled_defaults() -> None:
+    register_builtin_providers()
+    assert "local" in registered_providers()
+    p = get_provider("local")
+    assert isinstance(p, LocalWhisperProvider)
+    assert p.name == "local"
+    assert p.config.model_name == "tiny.en"
+    assert Path(p.config.model, "model.bin").is_file()
+    assert p.config.beam_size == 5
+    assert p.config.vad_filter
+    if p.config.device == "cpu":
+        assert p.config.compute_type == "int8"
+
+
+async def test_librivox_utterance_wer_and_timestamps(provider: LocalWhisperProvider) -> None:
+    audio = LIBRIVOX / f"{UTTERANCE}.wav"
+    transcript = await provider.transcribe(audio, ProviderRequest(language="en"))
+
+    assert transcript.provider == "local"
+    assert transcript.model == "tiny.en"
+    assert transcript.language == "en"
+    wer = _wer(_references()[UTTERANCE], transcript.text)
+    assert wer <= 0.2, (wer, transcript.text)
+    _check_words(transcript, _duration(audio))
+
+
+async def test_event_loop_not_blocked_and_long_audio(
+    provider: LocalWhisperProvider, librivox_concat: tuple[Path, str]
+) -> None:
+    audio, reference = librivox_concat
+    ticks: list[float] = []
+    done = asyncio.Event()
+
+    async def ticker() -> None:
+        while not done.is_set():
+            ticks.append(time.perf_counter())
+            await asyncio.sleep(0.02)
+
+    ticking = asyncio.create_task(ticker())
+    started = time.perf_counter()
+    try:
+        transcript = await provider.transcribe(audio, ProviderRequest())
+    finally:
+        finished = time.perf_counter()
+        done.set()
+        await ticking
+
+    marks = [started, *[t for t in ticks if started <= t <= finished], finished]
+    gaps = [b - a for a, b in itertools.pairwise(marks)]
+    assert len(marks) > 5, "the transcription was too quick to say anything about the event loop"
+    assert max(gaps) < 0.5, f"event loop blocked for {max(gaps):.2f}s"
+
+    assert transcript.language == "en"  # no language given: the English-only model says "en"
+    assert len(transcript.segments) >= 2
+    wer = _wer(reference, transcript.text)
+    assert wer <= 0.2, (wer, transcript.text)
+    _check_words(transcript, _duration(audio))
+
+
+async def test_context_and_prompt(provider: LocalWhisperProvider) -> None:
+    context = [
+        Segment(start=0.0, end=4.0, text="Mr. John Dashwood had then leisure to consider"),
+        Segment(start=4.0, end=7.0, text="how much there might be prudently in his power to do for them."),
+    ]
+    request = ProviderRequest(language="fr", prompt="Dashwood, Norland.", context_segments=context)
+    prompt = build_initial_prompt(request)
+    assert prompt is not None
+    assert prompt.startswith("Dashwood, Norland. Mr. John Dashwood")
+    assert prompt.endswith("prudently in his power to do for them.")
+
+    audio = LIBRIVOX / "sense_and_sensibility_01_austen_64kb-0930.wav"
+    transcript = await provider.transcribe(audio, request)
+    # "fr" is ignored by the English-only model rather than failing the chunk.
+    assert transcript.language == "en"
+    assert transcript.text
+    assert _wer(_references()[audio.stem], transcript.text) <= 0.2, transcript.text
+
+
+def test_initial_prompt_keeps_the_tail_of_long_context() -> None:
+    long_context = [Segment(start=i, end=i + 1, text=f"word{i} filler text here") for i in range(40)]
+    prompt = build_initial_prompt(ProviderRequest(context_segments=long_context))
+    assert prompt is not None
+    full = " ".join(s.text for s in long_context)
+    assert len(prompt) <= 200
+    assert full.endswith(prompt)
+    assert full[-len(prompt) - 1] == " ", "cut at a word boundary"
+    assert build_initial_prompt(ProviderRequest()) is None
+
+
+async def test_text_file_named_wav_is_invalid_audio(provider: LocalWhisperProvider, tmp_path: Path) -> None:
+    fake = tmp_path / "notes.wav"
+    fake.write_text("this is not audio at all\n" * 20)
+    with pytest.raises(InvalidAudioError, match=r"notes\.wav") as caught:
+        await provider.transcribe(fake, ProviderRequest())
+    assert classify(caught.value).value == "invalid_audio"
+
+    empty = tmp_path / "empty.wav"
+    with wave.open(str(empty), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16_000)
+    with pytest.raises(InvalidAudioError, match="no audio"):
+        await provider.transcribe(empty, ProviderRequest())
+
+    with pytest.raises(InvalidAudioError, match="does not exist"):
+        await provider.transcribe(tmp_path / "missing.wav", ProviderRequest())
+
+
+async def test_missing_model_directory_names_the_setting(tmp_path: Path) -> None:
+    p = LocalWhisperProvider(model=tmp_path / "no-such-model", device="cpu")
+    with pytest.raises(LocalModelError, match="`model` setting"):
+        await p.load()
