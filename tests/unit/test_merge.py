@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from rapidfuzz.distance import Levenshtein
 
 from stt_common.transcript import ChunkTranscript, Segment, Word
 from stt_merger.merge import ChunkInput, MergedTranscript, MergeOptions, merge_chunks, normalise
@@ -593,7 +594,21 @@ def _check(seed: int, count: int) -> None:
     assert len(ids) - len(counts) <= count - 1
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(min_value=0, max_value=2**32 - 1), count=st.integers(min_value=1, max_value=5))
 def test_property_no_word_lost_or_doubled_away_from_edges(seed: int, count: int) -> None:
     _check(seed, count)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(min_value=0, max_value=2**32 - 1), count=st.integers(min_value=1, max_value=5))
+def test_property_untimed_segments_merge_to_the_spoken_text(seed: int, count: int) -> None:
+    """The same speech with the word timings removed: only segment texts and times to go by."""
+    speech, _, chunks = _scenario(seed, count)
+    for chunk in chunks:
+        for segment in chunk.transcript.segments:
+            segment.words = None
+    merged = merge_chunks(chunks)
+    got = [normalise(token) for token in merged.text.split()]
+    # A few tokens may differ per boundary (interpolated times are rough), no more.
+    assert Levenshtein.distance(got, [o.text for o in speech]) <= 3 * (count - 1)

@@ -22,7 +22,7 @@ from stt_chunker.plan import ChunkWindow, plan_chunks
 from stt_chunker.settings import ChunkerSettings
 from stt_common.db.jobs import transition_job
 from stt_common.db.models import Chunk, ChunkStatus, Job, JobStatus
-from stt_common.errors import ErrorCode, InvalidAudioError
+from stt_common.errors import ErrorCode, SttError
 from stt_common.kafka import EventProducer
 from stt_common.logs import get_logger
 from stt_common.messages import Envelope
@@ -74,14 +74,9 @@ class ChunkerHandler:
             workdir = Path(tmp)
             try:
                 windows, duration = await self._split(job, workdir)
-            except InvalidAudioError as exc:
+            except SttError as exc:  # unreadable media, or ffmpeg past its time limit
                 await fail_job(
-                    self._sessions,
-                    self._producer,
-                    job.id,
-                    code=ErrorCode.INVALID_AUDIO,
-                    message=exc.message,
-                    stage=STAGE,
+                    self._sessions, self._producer, job.id, code=exc.code, message=exc.message, stage=STAGE
                 )
                 return Outcome.OK
             except ObjectNotFoundError:
@@ -138,7 +133,7 @@ class ChunkerHandler:
         await self._store.download_file(original_key(job.id), original)
         await probe(original)
         wav = workdir / "audio.wav"
-        duration = await normalise(original, wav)
+        duration = await normalise(original, wav, timeout_s=self._settings.ffmpeg_timeout_seconds)
         original.unlink()
         settings = self._settings
         windows = await asyncio.to_thread(

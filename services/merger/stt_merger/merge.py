@@ -17,16 +17,18 @@ How the cut is found, best evidence first:
    pair are kept, words of N+1 from that pair on are kept. When a pause (no word in either chunk)
    lies nearer the middle and no matched pair straddles it, the cut is in that pause instead:
    a cut in silence cannot split a word.
-2. ``segment_similarity`` (a side has no word timings): overlapping segments are aligned the same
-   way with ``fuzz.ratio``/``fuzz.token_set_ratio``; the duplicate segment closest to the middle of
-   the overlap is the cut, kept from the side that has the fuller copy (or, when equal, the side
-   where it is farther from the edge), and the duplicates on the other side are dropped, except
-   for the words of the cut's dropped copy that its kept copy lacks (the two chunks rarely split
-   sentences into segments at the same places).
+2. ``segment_similarity`` (a side has no word timings): first the same alignment over the tokens of
+   the segment texts, timed by interpolation over their segment (so with the looser
+   ``untimed_time_diff_seconds``); a segment split by the cut keeps its tokens on the kept side.
+   If the tokens do not align, whole segments are compared (``fuzz.ratio``, and
+   ``fuzz.token_set_ratio`` for a copy truncated by the chunk edge): the duplicate pair closest to
+   the middle is the cut, kept from the side with the fuller copy (when equal, the side where it is
+   farther from the edge); duplicates beyond the cut are dropped, except the words of the cut's
+   dropped copy that its kept copy lacks (chunks rarely split sentences at the same places).
 3. ``midpoint`` (no convincing alignment, e.g. silence in the overlap): the cut is a time near the
    middle of the overlap, moved into a pause when there is one so that no word straddles it; a word
-   (or segment) belongs to N when its midpoint is before the cut and to N+1 otherwise. When one side
-   has nothing at all in the overlap, the other side's words are all kept.
+   (or, without word timings, a text token) belongs to N when its midpoint is before the cut and to
+   N+1 otherwise. When one side has nothing at all in the overlap, the other side's are all kept.
 
 Segments are then rebuilt from what is kept: provider segment boundaries are preserved, a segment
 split by a cut keeps only its kept words (text rebuilt from them, start/end from them).
@@ -75,7 +77,7 @@ class MergeDecision(BaseModel):
     method: MergeMethod
     # Absolute time of the cut: content before it comes from the left chunk, from it on the right.
     cut_seconds: float
-    # Share of the overlap's words (or segments) that the alignment matched, 0..1 (0 when none).
+    # Share of the overlap's words (tokens, segments) that the alignment matched, 0..1 (0: none).
     score: float
     overlap_start_seconds: float
     overlap_end_seconds: float
@@ -124,13 +126,13 @@ class MergeOptions:
 
 @dataclass
 class _Unit:
-    """A word (or a whole segment) in absolute time, in a form the alignment can compare."""
+    """A word, a text token (no word timings) or a whole segment in absolute time, comparable."""
 
     start: float
     end: float
     norm: str
     segment: int  # index into _Chunk.segments
-    word: int  # index into that segment's words; -1 for a segment unit
+    word: int  # index into the segment's words (untimed: its text tokens); -1 for a segment unit
     speaker: str | None
     tokens: int = 1
     position: int = 0  # index in the chunk's unit list (provider order)
@@ -529,12 +531,12 @@ def _merge_boundary(left: _Chunk, right: _Chunk, options: MergeOptions) -> Merge
             method, cut, score, matched, drop_left, drop_right, trim = _segment_cut(left, right, options)
 
     if method == "midpoint":
-        segment_level = not timed
-        left_units = left.words if timed else left.segment_units
-        right_units = right.words if timed else right.segment_units
-        cut = _cut_time(left_units, right_units, ov_start, ov_end, options)
-        drop_left = [u for u in left_units if u.mid >= cut]
-        drop_right = [u for u in right_units if u.mid < cut]
+        # By word (or, untimed, by interpolated token): a long segment straddling the cut would
+        # otherwise be kept or dropped whole.
+        segment_level = False
+        cut = _cut_time(left.words, right.words, ov_start, ov_end, options)
+        drop_left = [u for u in left.words if u.mid >= cut]
+        drop_right = [u for u in right.words if u.mid < cut]
 
     drop = _drop_segments if segment_level else _drop_words
     left_words, left_segments = drop(left, drop_left)

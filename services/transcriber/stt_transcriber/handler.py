@@ -209,6 +209,7 @@ class TranscriberHandler:
             "end_seconds": chunk.end,
             "delivery_attempt": chunk.attempt,
             "wall_seconds": round(time.perf_counter() - started, 3),
+            "context_text": " ".join(segment.text for segment in request.context_segments),
             **report,
             "transcript": result.model_dump(mode="json"),
         }

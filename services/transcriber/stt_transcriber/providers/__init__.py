@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from stt_common.providers.base import register_provider
 from stt_transcriber.providers.local import LocalWhisperProvider
+from stt_transcriber.providers.openai import OpenAIProvider
 
 __all__ = ["LocalWhisperProvider", "register_builtin_providers"]
 
@@ -11,3 +12,4 @@ __all__ = ["LocalWhisperProvider", "register_builtin_providers"]
 def register_builtin_providers() -> None:
     """Register every built-in provider. Idempotent; add one `register_provider` line per provider."""
     register_provider("local", LocalWhisperProvider)
+    register_provider("openai", OpenAIProvider)

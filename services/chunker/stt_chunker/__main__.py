@@ -1,0 +1,3 @@
+from stt_chunker.main import main
+
+main()

@@ -1,0 +1,3 @@
+from stt_merger.main import main
+
+main()

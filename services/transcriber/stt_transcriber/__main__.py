@@ -1,0 +1,3 @@
+from stt_transcriber.main import main
+
+main()

@@ -1,0 +1,636 @@
+"""`openai`: the OpenAI Audio API (`whisper-1`, `gpt-4o-transcribe`, ...) through the `openai` package.
+
+Any OpenAI-compatible server (speaches, vLLM, LocalAI, ...) works through `base_url`, so this is also
+the "Whisper" provider. One `AsyncOpenAI` client is shared by every call of a provider instance (its
+connection pool serves concurrent chunks); the SDK's own retries are off, retrying is the transcriber's
+job, driven by the typed errors raised here.
+
+Response formats, chosen from the model name unless configured (`response_format=`):
+  * `verbose_json` with segment and word timestamps: `whisper-1` and any non-`gpt-` model (Whisper
+    served by a compatible server);
+  * `json` (text only): `gpt-4o-transcribe`, `gpt-4o-mini-transcribe`, other `gpt-*` models. They return
+    no timestamps, so the chunk becomes one segment spanning the audio (duration from the WAV header);
+  * `diarized_json` (segments with speakers): `gpt-4o-transcribe-diarize`.
+
+The response body is parsed and checked here (not by the SDK, which accepts anything): a 200 whose body
+is not the documented shape, or has impossible times, is reported as a transient
+`ProviderUnavailableError` ("provider returned garbage").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import math
+import mimetypes
+import os
+import re
+import time
+import wave
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import openai
+from openai import AsyncOpenAI
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from stt_common.errors import (
+    AuthError,
+    InvalidAudioError,
+    ProviderTimeoutError,
+    ProviderUnavailableError,
+    QuotaExceededError,
+    RateLimitedError,
+    SttError,
+)
+from stt_common.logs import get_logger
+from stt_common.providers.base import ProviderRequest
+from stt_common.transcript import ChunkTranscript, Segment, Word
+
+log = get_logger(__name__)
+
+ResponseFormat = Literal["verbose_json", "json", "diarized_json"]
+_FORMAT_SETTINGS: dict[str, ResponseFormat | Literal["auto"]] = {
+    "auto": "auto",
+    "verbose_json": "verbose_json",
+    "json": "json",
+    "diarized_json": "diarized_json",
+}
+
+DEFAULT_MODEL = "whisper-1"
+# How much of the previous chunk's text goes into the prompt (Whisper reads only its last ~224 tokens).
+CONTEXT_PROMPT_CHARS = 200
+# Key placed in the Authorization header for OpenAI-compatible servers that need none.
+NO_KEY_PLACEHOLDER = "no-key"
+# Slack when checking the provider's times against the audio's duration: Whisper's last timestamps may run
+# a little past the end (they are clamped); times far beyond it mean the body is nonsense.
+TIME_SLACK_SECONDS = 2.0
+TIME_SLACK_FRACTION = 0.1
+MAX_SECONDS_UNKNOWN_DURATION = 24 * 3600.0
+# Small negative times and ends slightly before starts are rounding; more is nonsense.
+TIME_TOLERANCE_SECONDS = 0.5
+# `error.code` values that mean the account is out of credit rather than momentarily rate-limited.
+QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached", "billing_not_active"})
+# `error.code` values of a 400 that are about the uploaded audio (OpenAI sets `param: "file"` as well).
+AUDIO_ERROR_CODES = frozenset(
+    {"audio_too_short", "audio_too_long", "invalid_file_format", "file_too_large", "unsupported_file"}
+)
+# `request.options` keys passed to the API (others are ignored: they may be meant for another provider).
+PASSTHROUGH_OPTIONS = frozenset({"temperature"})
+
+# Whisper's language names (as `verbose_json` reports them) to ISO 639-1 codes, so transcripts carry the
+# same codes as the `local` provider's.
+WHISPER_LANGUAGE_CODES: dict[str, str] = {
+    "english": "en", "chinese": "zh", "german": "de", "spanish": "es", "russian": "ru", "korean": "ko",
+    "french": "fr", "japanese": "ja", "portuguese": "pt", "turkish": "tr", "polish": "pl", "catalan": "ca",
+    "dutch": "nl", "arabic": "ar", "swedish": "sv", "italian": "it", "indonesian": "id", "hindi": "hi",
+    "finnish": "fi", "vietnamese": "vi", "hebrew": "he", "ukrainian": "uk", "greek": "el", "malay": "ms",
+    "czech": "cs", "romanian": "ro", "danish": "da", "hungarian": "hu", "tamil": "ta", "norwegian": "no",
+    "thai": "th", "urdu": "ur", "croatian": "hr", "bulgarian": "bg", "lithuanian": "lt", "latin": "la",
+    "maori": "mi", "malayalam": "ml", "welsh": "cy", "slovak": "sk", "telugu": "te", "persian": "fa",
+    "latvian": "lv", "bengali": "bn", "serbian": "sr", "azerbaijani": "az", "slovenian": "sl",
+    "kannada": "kn", "estonian": "et", "macedonian": "mk", "breton": "br", "basque": "eu",
+    "icelandic": "is", "armenian": "hy", "nepali": "ne", "mongolian": "mn", "bosnian": "bs",
+    "kazakh": "kk", "albanian": "sq", "swahili": "sw", "galician": "gl", "marathi": "mr", "punjabi": "pa",
+    "sinhala": "si", "khmer": "km", "shona": "sn", "yoruba": "yo", "somali": "so", "afrikaans": "af",
+    "occitan": "oc", "georgian": "ka", "belarusian": "be", "tajik": "tg", "sindhi": "sd",
+    "gujarati": "gu", "amharic": "am", "yiddish": "yi", "lao": "lo", "uzbek": "uz", "faroese": "fo",
+    "haitian creole": "ht", "pashto": "ps", "turkmen": "tk", "nynorsk": "nn", "maltese": "mt",
+    "sanskrit": "sa", "luxembourgish": "lb", "myanmar": "my", "tibetan": "bo", "tagalog": "tl",
+    "malagasy": "mg", "assamese": "as", "tatar": "tt", "hawaiian": "haw", "lingala": "ln", "hausa": "ha",
+    "bashkir": "ba", "javanese": "jw", "sundanese": "su", "cantonese": "yue",
+    # Aliases Whisper accepts.
+    "burmese": "my", "valencian": "ca", "flemish": "nl", "haitian": "ht", "letzeburgesch": "lb",
+    "pushto": "ps", "panjabi": "pa", "moldavian": "ro", "moldovan": "ro", "sinhalese": "si",
+    "castilian": "es", "mandarin": "zh",
+}  # fmt: skip
+
+_SECRET_PATTERNS = (
+    re.compile(r"sk-[A-Za-z0-9_\-]{6,}"),
+    re.compile(r"(?i)bearer\s+\S+"),
+)
+
+
+class OpenAIRequestError(SttError):
+    """The API refused the request for a reason retrying will not fix (unknown model, bad parameter,
+    wrong `base_url`, ...): a configuration problem, not the audio's and not the vendor's health."""
+
+
+# ------------------------------------------------------------------------------------ response shapes
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+
+class _ApiWord(_Strict):
+    word: str
+    start: float
+    end: float
+
+
+class _ApiSegment(_Strict):
+    start: float
+    end: float
+    text: str
+    speaker: str | None = None
+
+
+class _ApiUsage(_Strict):
+    type: str | None = None
+    seconds: float | None = None
+
+
+class _ApiLanguage(_Strict):
+    code: str
+
+
+class _VerboseBody(_Strict):
+    text: str
+    language: str | None = None
+    duration: float | None = None
+    segments: list[_ApiSegment] | None = None
+    words: list[_ApiWord] | None = None
+    usage: _ApiUsage | None = None
+
+
+class _JsonBody(_Strict):
+    text: str
+    languages: list[_ApiLanguage] | None = None
+    usage: _ApiUsage | None = None
+
+
+class _DiarizedBody(_Strict):
+    text: str
+    duration: float | None = None
+    segments: list[_ApiSegment]
+    usage: _ApiUsage | None = None
+
+
+class GarbageResponseError(ValueError):
+    """The body of a 200 response is not the documented shape (turned into `ProviderUnavailableError`)."""
+
+
+# --------------------------------------------------------------------------------------------- provider
+
+
+@dataclass(frozen=True)
+class OpenAIConfig:
+    model: str
+    base_url: str | None
+    timeout: float
+    response_format: ResponseFormat | Literal["auto"]
+    word_timestamps: bool
+
+
+class OpenAIProvider:
+    """The OpenAI Audio API (or an OpenAI-compatible server) behind the `Provider` protocol.
+
+    Settings:
+      api_key: the key (`STT_OPENAI_API_KEY`); `OPENAI_API_KEY` from the environment when unset. With a
+        `base_url` and no key, a placeholder is sent (local servers usually need none).
+      base_url: e.g. "http://speaches:8000/v1"; OpenAI's own API when unset.
+      model: "whisper-1" by default; `ProviderRequest.model` overrides it per call.
+      timeout: seconds for each phase of an HTTP call (connect, upload, waiting for the answer).
+      response_format: "auto" (from the model name; see the module docs), "verbose_json", "json" or
+        "diarized_json".
+      word_timestamps: ask for word timestamps with `verbose_json` (on by default).
+    """
+
+    name = "openai"
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        model: str | None = None,
+        timeout: float = 300.0,
+        response_format: str = "auto",
+        word_timestamps: bool = True,
+    ) -> None:
+        if timeout <= 0:
+            raise ValueError(f"openai provider: timeout must be > 0, not {timeout}")
+        if response_format not in _FORMAT_SETTINGS:
+            raise ValueError(
+                "openai provider: response_format must be 'auto', 'verbose_json', 'json' or "
+                f"'diarized_json', not {response_format!r}"
+            )
+        base_url = base_url.strip() if base_url and base_url.strip() else None
+        self.config = OpenAIConfig(
+            model=(model or "").strip() or DEFAULT_MODEL,
+            base_url=base_url,
+            timeout=float(timeout),
+            response_format=_FORMAT_SETTINGS[response_format],
+            word_timestamps=word_timestamps,
+        )
+        key = api_key or os.environ.get("OPENAI_API_KEY") or None
+        if key is None and base_url is not None:
+            key = NO_KEY_PLACEHOLDER
+        self._api_key = key
+        self._client: AsyncOpenAI | None = None
+
+    def _get_client(self) -> AsyncOpenAI:
+        """The shared client, made on first use (again after `aclose`)."""
+        if self._client is None:
+            if self._api_key is None:
+                raise AuthError(
+                    "openai provider: no API key configured (set STT_OPENAI_API_KEY, or OPENAI_API_KEY), "
+                    "and no base_url of an OpenAI-compatible server that needs none"
+                )
+            self._client = AsyncOpenAI(
+                api_key=self._api_key,
+                base_url=self.config.base_url,
+                timeout=self.config.timeout,
+                max_retries=0,  # retrying is the transcriber's job
+            )
+        return self._client
+
+    def __repr__(self) -> str:  # never shows the key
+        return f"OpenAIProvider(model={self.config.model!r}, base_url={self.config.base_url!r})"
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+
+    def response_format_for(self, model: str) -> ResponseFormat:
+        if self.config.response_format != "auto":
+            return self.config.response_format
+        name = model.lower().rsplit("/", 1)[-1]
+        if "diarize" in name:
+            return "diarized_json"
+        if name.startswith("gpt-"):
+            return "json"
+        return "verbose_json"
+
+    # ------------------------------------------------------------------------------------ transcribe
+
+    async def transcribe(self, audio_path: Path, request: ProviderRequest) -> ChunkTranscript:
+        audio_path = Path(audio_path)
+        model = (request.model or "").strip() or self.config.model
+        client = self._get_client()
+        data, duration = await asyncio.to_thread(_read_audio, audio_path)
+        response_format = self.response_format_for(model)
+        language = normalise_language(request.language)
+
+        kwargs: dict[str, Any] = {
+            "file": (audio_path.name, data, _content_type(audio_path)),
+            "model": model,
+            "response_format": response_format,
+        }
+        if response_format == "verbose_json":
+            kwargs["timestamp_granularities"] = (
+                ["segment", "word"] if self.config.word_timestamps else ["segment"]
+            )
+        if response_format == "diarized_json":
+            kwargs["chunking_strategy"] = "auto"  # required by the diarize model above 30 s
+        if language:
+            kwargs["language"] = language
+        prompt = build_prompt(request)
+        if prompt and response_format != "diarized_json":  # the diarize model takes no prompt
+            kwargs["prompt"] = prompt
+        for key, value in request.options.items():
+            if key in PASSTHROUGH_OPTIONS:
+                kwargs[key] = value
+
+        started = time.perf_counter()
+        try:
+            # The raw response: the body is parsed and checked here, not trusted to the SDK.
+            raw = await client.audio.transcriptions.with_raw_response.create(**kwargs)
+            body = raw.content
+        except openai.APIStatusError as exc:
+            raise self._status_error(exc, model) from None  # `from None`: the vendor's text is redacted here
+        except openai.APITimeoutError as exc:
+            raise ProviderTimeoutError(
+                f"openai ({model}): no answer within {self.config.timeout:g}s{self._where()}"
+            ) from exc
+        except openai.APIConnectionError as exc:
+            cause = exc.__cause__ or exc.__context__
+            detail = f"{type(cause).__name__}: {cause}" if cause else exc.message
+            raise ProviderUnavailableError(
+                f"openai ({model}): cannot reach the API{self._where()}: {self._redact(detail)[:200]}"
+            ) from exc
+        except openai.APIResponseValidationError as exc:
+            raise ProviderUnavailableError(
+                f"openai ({model}): provider returned garbage: {self._redact(exc.message)[:200]}"
+            ) from None
+        except openai.OpenAIError as exc:
+            raise OpenAIRequestError(
+                f"openai ({model}): {type(exc).__name__}: {self._redact(str(exc))[:200]}"
+            ) from None
+
+        try:
+            transcript = parse_response(
+                body, response_format, duration=duration, model=model, requested_language=language
+            )
+        except GarbageResponseError as exc:
+            raise ProviderUnavailableError(
+                f"openai ({model}): provider returned garbage (HTTP {raw.status_code}): "
+                f"{self._redact(str(exc))[:300]}"
+            ) from None
+        log.debug(
+            "openai_transcribed",
+            model=model,
+            response_format=response_format,
+            audio_seconds=round(duration, 3) if duration is not None else None,
+            seconds=round(time.perf_counter() - started, 3),
+            segments=len(transcript.segments),
+            request_id=raw.request_id,
+        )
+        return transcript
+
+    # ---------------------------------------------------------------------------------------- errors
+
+    def _where(self) -> str:
+        return f" at {self.config.base_url}" if self.config.base_url else ""
+
+    def _redact(self, text: str) -> str:
+        key = self._api_key
+        if key and key != NO_KEY_PLACEHOLDER and len(key) >= 4:
+            text = text.replace(key, "***")
+        for pattern in _SECRET_PATTERNS:
+            text = pattern.sub("***", text)
+        return text
+
+    def _status_error(self, exc: openai.APIStatusError, model: str) -> SttError:
+        """The typed error for an HTTP error answer, chosen by exception type (and the error's code)."""
+        status = exc.status_code
+        code = _error_field(exc, "code")
+        err_type = _error_field(exc, "type")
+        param = _error_field(exc, "param")
+        vendor = self._redact(_vendor_message(exc))[:200]
+        label = code or err_type
+        message = f"openai ({model}): HTTP {status}{f' {label}' if label else ''}: {vendor}"
+        if exc.request_id:
+            message += f" (request {exc.request_id})"
+        retry_after = parse_retry_after(exc.response.headers)
+
+        if isinstance(exc, openai.RateLimitError):
+            if code in QUOTA_CODES or err_type in QUOTA_CODES:
+                return QuotaExceededError(message)
+            return RateLimitedError(message, retry_after=retry_after)
+        if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+            return AuthError(message)
+        if isinstance(exc, openai.InternalServerError):
+            return ProviderUnavailableError(message, retry_after=retry_after)
+        if isinstance(exc, openai.BadRequestError):
+            # OpenAI names the offending field: `param: "file"` (or an audio error code) is about the audio;
+            # another field (model, response_format, language, ...) is our configuration. A compatible
+            # server that names nothing most likely objects to the audio, the only per-call input.
+            if param == "file" or code in AUDIO_ERROR_CODES or param is None:
+                return InvalidAudioError(message)
+            return OpenAIRequestError(message)
+        if status in (413, 415):  # too large / unsupported media type: this file will never pass
+            return InvalidAudioError(message)
+        if status == 408:
+            return ProviderTimeoutError(message, retry_after=retry_after)
+        if status in (409, 425):  # conflict / too early: worth another try
+            return ProviderUnavailableError(message, retry_after=retry_after)
+        return OpenAIRequestError(message)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def normalise_language(language: str | None) -> str | None:
+    """ISO 639-1 code for the API: "en-US", "EN" and "en_GB" give "en"; "English" gives "en"; "" None."""
+    if not language or not language.strip():
+        return None
+    value = language.strip().lower()
+    if value in WHISPER_LANGUAGE_CODES:
+        return WHISPER_LANGUAGE_CODES[value]
+    return value.replace("_", "-").split("-", 1)[0]
+
+
+def build_prompt(request: ProviderRequest) -> str | None:
+    """Vocabulary prompt first, then the tail of the previous chunk's text (cut at a word boundary)."""
+    parts: list[str] = []
+    if request.prompt and request.prompt.strip():
+        parts.append(request.prompt.strip())
+    context = " ".join(s.text.strip() for s in request.context_segments if s.text and s.text.strip())
+    if context:
+        if len(context) > CONTEXT_PROMPT_CHARS:
+            tail = context[-CONTEXT_PROMPT_CHARS:]
+            cut = tail.find(" ")
+            context = tail[cut + 1 :] if 0 <= cut < len(tail) - 1 else tail
+        parts.append(context)
+    return " ".join(parts) or None
+
+
+def parse_retry_after(headers: Any) -> float | None:
+    """Seconds to wait from `retry-after-ms`, or `Retry-After` (seconds or an HTTP date); None if absent."""
+    value = headers.get("retry-after-ms")
+    if value:
+        try:
+            ms = float(value)
+        except ValueError:
+            pass
+        else:
+            if math.isfinite(ms):
+                return max(ms / 1000.0, 0.0)
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return max((when - datetime.now(UTC)).total_seconds(), 0.0)
+    return max(seconds, 0.0) if math.isfinite(seconds) else None
+
+
+def _error_field(exc: openai.APIStatusError, name: str) -> str | None:
+    body = exc.body  # the SDK already unwrapped `{"error": {...}}`
+    value = body.get(name) if isinstance(body, dict) else None
+    return str(value) if value is not None and str(value) != "" else None
+
+
+def _vendor_message(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        message = body.get("message") or body.get("detail") or body.get("error")
+        if message:
+            return " ".join(str(message).split())
+    if isinstance(body, str) and body.strip():
+        return " ".join(body.split())
+    return exc.response.reason_phrase or "no details"
+
+
+def _content_type(path: Path) -> str:
+    if path.suffix.lower() == ".wav":
+        return "audio/wav"  # mimetypes says audio/x-wav
+    return mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+
+
+def _read_audio(path: Path) -> tuple[bytes, float | None]:
+    """The file's bytes and its duration from the WAV header (None for other formats)."""
+    if not path.is_file():
+        raise InvalidAudioError(f"audio file {str(path)!r} does not exist or is not a file")
+    data = path.read_bytes()
+    if not data:
+        raise InvalidAudioError(f"audio file {path.name!r} is empty")
+    try:
+        with wave.open(io.BytesIO(data)) as w:
+            frames, rate = w.getnframes(), w.getframerate()
+    except (wave.Error, EOFError):
+        return data, None
+    if rate <= 0:
+        raise InvalidAudioError(f"audio file {path.name!r}: WAV header with sample rate {rate}")
+    if frames == 0:
+        raise InvalidAudioError(f"audio file {path.name!r} contains no audio samples")
+    return data, frames / rate
+
+
+def _language_code(value: str | None) -> str | None:
+    if value is None or not value.strip():
+        return None
+    return normalise_language(value)
+
+
+def parse_response(
+    body: bytes,
+    response_format: ResponseFormat,
+    *,
+    duration: float | None,
+    model: str,
+    requested_language: str | None,
+) -> ChunkTranscript:
+    """A `ChunkTranscript` from a 200 body, or `GarbageResponseError` when it is not the documented shape."""
+    if not body.strip():
+        raise GarbageResponseError("empty body")
+    try:
+        if response_format == "verbose_json":
+            verbose = _VerboseBody.model_validate_json(body)
+            segments, language = _verbose_segments(verbose, duration), verbose.language
+        elif response_format == "diarized_json":
+            diarized = _DiarizedBody.model_validate_json(body)
+            segments = _timed_segments(diarized.segments, None, _limit(duration, diarized.duration))
+            language = None
+        else:
+            plain = _JsonBody.model_validate_json(body)
+            segments = _whole_segment(plain, duration)
+            language = plain.languages[0].code if plain.languages else None
+    except ValidationError as exc:
+        raise GarbageResponseError(_describe(exc, body)) from None
+    return ChunkTranscript(
+        provider=OpenAIProvider.name,
+        model=model,
+        language=_language_code(language) or requested_language,
+        segments=segments,
+    )
+
+
+def _describe(exc: ValidationError, body: bytes) -> str:
+    errors = exc.errors(include_url=False, include_input=False)
+    if errors and errors[0]["type"] == "json_invalid":
+        snippet = " ".join(body[:80].decode("utf-8", "replace").split())
+        return f"not JSON: {snippet!r}"
+    parts = [f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in errors[:3]]
+    more = f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""
+    return "unexpected shape: " + "; ".join(parts) + more
+
+
+def _limit(duration: float | None, reported: float | None) -> tuple[float | None, float]:
+    """(the audio's duration used for clamping, the largest credible time)."""
+    known = duration if duration is not None else reported
+    if reported is not None and (not math.isfinite(reported) or reported < 0):
+        raise GarbageResponseError(f"duration {reported!r}")
+    if known is None:
+        return None, MAX_SECONDS_UNKNOWN_DURATION
+    return known, known + max(TIME_SLACK_SECONDS, TIME_SLACK_FRACTION * known)
+
+
+def _check_times(start: float, end: float, what: str, max_time: float) -> None:
+    if start < -TIME_TOLERANCE_SECONDS or end < -TIME_TOLERANCE_SECONDS:
+        raise GarbageResponseError(f"{what} has a negative time ({start}..{end})")
+    if end < start - TIME_TOLERANCE_SECONDS:
+        raise GarbageResponseError(f"{what} ends before it starts ({start}..{end})")
+    if start > max_time or end > max_time:
+        raise GarbageResponseError(f"{what} lies past the end of the audio ({start}..{end} > {max_time:.1f})")
+
+
+def _clamp(t: float, duration: float | None) -> float:
+    t = max(t, 0.0)
+    return min(t, duration) if duration is not None else t
+
+
+def _timed_segments(
+    api_segments: list[_ApiSegment], words: list[_ApiWord] | None, limits: tuple[float | None, float]
+) -> list[Segment]:
+    duration, max_time = limits
+    for i, s in enumerate(api_segments):
+        _check_times(s.start, s.end, f"segment {i}", max_time)
+    for i, w in enumerate(words or []):
+        _check_times(w.start, w.end, f"word {i}", max_time)
+
+    segments: list[Segment] = []
+    spans: list[tuple[float, float]] = []
+    for s in api_segments:
+        text = s.text.strip()
+        if not text:
+            continue
+        start = _clamp(s.start, duration)
+        end = max(start, _clamp(s.end, duration))
+        segments.append(
+            Segment(
+                start=start, end=end, text=text, words=[] if words is not None else None, speaker=s.speaker
+            )
+        )
+        spans.append((start, end))
+
+    # verbose_json lists words for the whole file; give each to the segment holding its midpoint
+    # (else the nearest one).
+    for w in words or []:
+        text = w.word.strip()
+        if not text or not segments:
+            continue
+        start = _clamp(w.start, duration)
+        end = max(start, _clamp(w.end, duration))
+        mid = (start + end) / 2
+        best = min(
+            range(len(spans)),
+            key=lambda i: (
+                0.0
+                if spans[i][0] <= mid <= spans[i][1]
+                else min(abs(mid - spans[i][0]), abs(mid - spans[i][1]))
+            ),
+        )
+        seg_words = segments[best].words
+        assert seg_words is not None
+        seg_words.append(Word(start=start, end=end, text=text))
+    for segment in segments:
+        if segment.words:
+            segment.words.sort(key=lambda w: w.start)
+    return segments
+
+
+def _verbose_segments(body: _VerboseBody, duration: float | None) -> list[Segment]:
+    limits = _limit(duration, body.duration)
+    if body.segments is None:
+        raise GarbageResponseError("verbose_json without `segments`")
+    if not body.segments and body.text.strip():
+        # Text without segments: keep the text, spanning the audio, rather than lose it.
+        known = limits[0]
+        return [Segment(start=0.0, end=known or 0.0, text=body.text.strip(), words=None)]
+    return _timed_segments(body.segments, body.words, limits)
+
+
+def _whole_segment(body: _JsonBody, duration: float | None) -> list[Segment]:
+    text = body.text.strip()
+    if not text:
+        return []
+    if duration is None and body.usage is not None and body.usage.type == "duration":
+        duration = body.usage.seconds
+    if duration is not None and (not math.isfinite(duration) or duration < 0):
+        raise GarbageResponseError(f"usage.seconds {duration!r}")
+    return [Segment(start=0.0, end=duration or 0.0, text=text, words=None)]
