@@ -41,7 +41,11 @@ class ServiceProcess:
     def start(self) -> ServiceProcess:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", self.module], env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+                [sys.executable, "-m", self.module],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
             )
         return self
 
@@ -52,7 +56,9 @@ class ServiceProcess:
                 raise AssertionError(f"{self.name} exited early:\n{self.log_path.read_text()[-3000:]}")
             try:
                 async with httpx.AsyncClient() as client:
-                    return (await client.get(f"http://127.0.0.1:{self.ops_port}/readyz", timeout=2)).is_success
+                    return (
+                        await client.get(f"http://127.0.0.1:{self.ops_port}/readyz", timeout=2)
+                    ).is_success
             except httpx.HTTPError:
                 return False
 
@@ -71,9 +77,7 @@ StartService = Callable[..., "asyncio.Future[ServiceProcess]"]
 
 
 @pytest.fixture
-async def start_service(
-    infra_env: dict[str, str], tmp_path: Path
-) -> AsyncIterator[Callable[..., object]]:
+async def start_service(infra_env: dict[str, str], tmp_path: Path) -> AsyncIterator[Callable[..., object]]:
     """`await start_service("transcriber", STT_X="y")` → a ready ServiceProcess, killed after the test."""
     started: list[ServiceProcess] = []
 
@@ -96,10 +100,17 @@ async def pipeline(
     """Chunker, transcriber and merger with default chunking (300 s + 10 s overlap), shared by a
     module's tests. Leases are short so a killed transcriber's chunk is reclaimed quickly."""
     log_dir = tmp_path_factory.mktemp("pipeline")
-    env = {**os.environ, **infra_env, "STT_LOG_LEVEL": "INFO", "STT_LEASE_SECONDS": "12",
-           "STT_LEASE_RENEW_SECONDS": "3"}
-    services = {name: ServiceProcess(name, f"stt_{name}", env, log_dir).start()
-                for name in ("chunker", "transcriber", "merger")}
+    env = {
+        **os.environ,
+        **infra_env,
+        "STT_LOG_LEVEL": "INFO",
+        "STT_LEASE_SECONDS": "12",
+        "STT_LEASE_RENEW_SECONDS": "3",
+    }
+    services = {
+        name: ServiceProcess(name, f"stt_{name}", env, log_dir).start()
+        for name in ("chunker", "transcriber", "merger")
+    }
     try:
         await asyncio.gather(*(service.ready() for service in services.values()))
         yield services
@@ -111,13 +122,21 @@ async def pipeline(
 class Jobs:
     """Submit jobs straight into the pipeline (row + object + trigger) and watch them."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], store: ObjectStore, producer: EventProducer):
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], store: ObjectStore, producer: EventProducer
+    ):
         self.sessions = sessions
         self.store = store
         self.producer = producer
 
-    async def submit(self, audio: Path, *, provider: str = "local", context_mode: str = "parallel",
-                     language: str | None = None) -> uuid.UUID:
+    async def submit(
+        self,
+        audio: Path,
+        *,
+        provider: str = "local",
+        context_mode: str = "parallel",
+        language: str | None = None,
+    ) -> uuid.UUID:
         job_id = uuid.uuid4()
         await self.store.upload_file(original_key(job_id), audio)
         async with self.sessions() as session:
@@ -151,7 +170,9 @@ class Jobs:
             job = await self.get(job_id)
             return job if JobStatus(job.status) in TERMINAL_JOB_STATUSES else None
 
-        result: Job = await wait_until(finished, timeout=timeout, what=f"job {job_id} to finish", interval=0.5)
+        result: Job = await wait_until(
+            finished, timeout=timeout, what=f"job {job_id} to finish", interval=0.5
+        )
         return result
 
     async def wait_status(self, job_id: uuid.UUID, status: JobStatus, timeout: float = 120) -> Job:

@@ -1,0 +1,3 @@
+from stt_ingest.main import main
+
+raise SystemExit(main())

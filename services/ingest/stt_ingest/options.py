@@ -1,0 +1,142 @@
+"""Submission options: from a form or JSON, checked against the settings, shaped for the job row."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from stt_common.ssrf import UnsafeUrlError, check_url_syntax
+from stt_ingest.problems import ApiProblem, FieldError
+from stt_ingest.schemas import JobOptions
+from stt_ingest.settings import IngestSettings
+
+FORM_FIELDS = frozenset(
+    {"language", "provider", "model", "context_mode", "webhook_url", "prompt", "vocabulary", "output",
+     "delete_after_seconds"}
+)  # fmt: skip
+_REPEATABLE = frozenset({"vocabulary"})
+
+
+@dataclass(frozen=True)
+class ResolvedOptions:
+    """Everything a submission decides about its job (besides the media)."""
+
+    provider: str
+    model: str | None
+    language: str | None
+    context_mode: str
+    webhook_url: str | None
+    delete_after_seconds: int | None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def row_values(self) -> dict[str, Any]:
+        return {
+            "provider": self.provider,
+            "model": self.model,
+            "language": self.language,
+            "context_mode": self.context_mode,
+            "webhook_url": self.webhook_url,
+            "delete_after_seconds": self.delete_after_seconds,
+            "options": self.options,
+        }
+
+
+def _problem_from_validation(exc: ValidationError, prefix: Sequence[str | int]) -> ApiProblem:
+    errors = [
+        FieldError(loc=[*prefix, *error["loc"]], msg=error["msg"], type=error["type"])
+        for error in exc.errors(include_url=False, include_input=False)
+    ]
+    return ApiProblem(422, "validation_error", "Some options are invalid.", errors=errors)
+
+
+def options_from_form(fields: Mapping[str, list[str]]) -> JobOptions:
+    """Form fields (strings) to options. Empty values count as absent, as browsers send them."""
+    data: dict[str, Any] = {}
+    errors: list[FieldError] = []
+    for name, values in fields.items():
+        present = [value for value in values if value != ""]
+        if name not in FORM_FIELDS:
+            errors.append(FieldError(loc=["body", name], msg="Unknown form field.", type="unknown_field"))
+            continue
+        if not present:
+            continue
+        if name in _REPEATABLE:
+            data[name] = present
+            continue
+        if len(present) > 1:
+            errors.append(
+                FieldError(loc=["body", name], msg="Field given more than once.", type="duplicate_field")
+            )
+            continue
+        value = present[0]
+        if name == "output":
+            try:
+                data[name] = json.loads(value)
+            except ValueError:
+                errors.append(
+                    FieldError(loc=["body", name], msg="Must be a JSON object.", type="json_invalid")
+                )
+            continue
+        data[name] = value
+    if errors:
+        raise ApiProblem(422, "validation_error", "Some form fields are invalid.", errors=errors)
+    try:
+        return JobOptions.model_validate(data)
+    except ValidationError as exc:
+        raise _problem_from_validation(exc, ["body"]) from exc
+
+
+def resolve_options(options: JobOptions, settings: IngestSettings) -> ResolvedOptions:
+    """Apply defaults and the settings' rules (allowed providers, webhook URL safety, retention)."""
+    errors: list[FieldError] = []
+    provider = (options.provider or settings.default_provider).strip().lower()
+    if provider not in settings.allowed_providers:
+        allowed = ", ".join(settings.allowed_providers)
+        errors.append(
+            FieldError(loc=["body", "provider"], msg=f"Unknown provider; one of: {allowed}.", type="enum")
+        )
+    webhook_url = options.webhook_url
+    if webhook_url is not None:
+        try:
+            webhook_url = check_url_syntax(
+                webhook_url, allow=settings.ssrf_allow_networks, max_length=settings.url_max_length
+            ).url
+        except UnsafeUrlError as exc:
+            errors.append(FieldError(loc=["body", "webhook_url"], msg=exc.message, type=exc.code))
+    if (
+        options.delete_after_seconds is not None
+        and options.delete_after_seconds > settings.max_delete_after_seconds
+    ):
+        errors.append(
+            FieldError(
+                loc=["body", "delete_after_seconds"],
+                msg=f"At most {settings.max_delete_after_seconds} seconds.",
+                type="less_than_equal",
+            )
+        )
+    if errors:
+        raise ApiProblem(422, "validation_error", "Some options are invalid.", errors=errors)
+    context_mode = options.context_mode or (
+        "chained" if provider in settings.chained_providers else "parallel"
+    )
+    output = options.output.model_dump() if options.output is not None else {}
+    return ResolvedOptions(
+        provider=provider,
+        model=options.model,
+        language=options.language.lower() if options.language else None,
+        context_mode=context_mode,
+        webhook_url=webhook_url,
+        delete_after_seconds=options.delete_after_seconds,
+        options={"prompt": options.prompt, "vocabulary": list(options.vocabulary), "output": output},
+    )
+
+
+def request_hash(payload: Mapping[str, Any]) -> str:
+    """A stable digest of a submission, for Idempotency-Key comparisons."""
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()

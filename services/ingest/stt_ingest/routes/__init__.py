@@ -1,0 +1,1 @@
+"""HTTP routes: submissions, job queries/actions, and the operational endpoints."""

@@ -1,0 +1,157 @@
+"""Job queries and actions: `/api/v1/jobs…`. Another key's job answers 404 everywhere."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import StreamingResponse
+
+from stt_common.db.models import JobStatus
+from stt_common.s3 import ObjectNotFoundError, result_key
+from stt_ingest import jobs
+from stt_ingest.auth import PrincipalDep
+from stt_ingest.problems import ApiProblem, problem_responses
+from stt_ingest.routes.common import StateDep, base_url
+from stt_ingest.schemas import JobEvents, JobPage, JobView, ResultFormat
+
+router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
+
+RESULT_MEDIA_TYPES: dict[str, str] = {
+    "json": "application/json",
+    "txt": "text/plain; charset=utf-8",
+    "srt": "application/x-subrip",
+    "vtt": "text/vtt; charset=utf-8",
+}
+
+
+@router.get(
+    "",
+    response_model=JobPage,
+    summary="List your jobs, newest first",
+    responses=problem_responses(400, 401, 422),
+)
+async def list_jobs(
+    request: Request,
+    state: StateDep,
+    principal: PrincipalDep,
+    status: Annotated[
+        list[JobStatus] | None, Query(description="Only jobs in these statuses (repeatable).")
+    ] = None,
+    created_after: Annotated[datetime | None, Query(description="Created at or after (ISO 8601).")] = None,
+    created_before: Annotated[datetime | None, Query(description="Created before (ISO 8601).")] = None,
+    limit: Annotated[int, Query(ge=1, le=100, description="Page size.")] = 20,
+    cursor: Annotated[
+        str | None, Query(max_length=512, description="`next_cursor` of the previous page.")
+    ] = None,
+) -> JobPage:
+    base = base_url(request, state)
+    filters = jobs.JobFilter(
+        statuses=tuple(status or ()), created_after=created_after, created_before=created_before
+    )
+    items, next_cursor = await jobs.list_jobs(
+        state, principal, filters=filters, limit=limit, cursor=cursor, base_url=base
+    )
+    next_url = None
+    if next_cursor is not None:
+        next_url = str(request.url.include_query_params(cursor=next_cursor))
+        if state.settings.public_base_url:
+            next_url = base + request.url.path + "?" + next_url.split("?", 1)[1]
+    return JobPage(items=items, next_cursor=next_cursor, next=next_url)
+
+
+@router.get(
+    "/{job_id}",
+    response_model=JobView,
+    summary="A job: status, progress, error, timestamps, options and links",
+    responses=problem_responses(401, 404, 422),
+)
+async def get_job(request: Request, state: StateDep, principal: PrincipalDep, job_id: uuid.UUID) -> JobView:
+    return await jobs.load_view(state, principal, job_id, base_url(request, state))
+
+
+@router.get(
+    "/{job_id}/events",
+    response_model=JobEvents,
+    summary="A job's timeline: every status change, oldest first",
+    responses=problem_responses(401, 404, 422),
+)
+async def get_events(state: StateDep, principal: PrincipalDep, job_id: uuid.UUID) -> JobEvents:
+    return await jobs.load_events(state, principal, job_id)
+
+
+@router.get(
+    "/{job_id}/result",
+    summary="Download the transcript",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "The transcript, streamed.",
+            "content": {
+                media_type: {"schema": {"type": "object"} if fmt == "json" else {"type": "string"}}
+                for fmt, media_type in RESULT_MEDIA_TYPES.items()
+            },
+        },
+        **problem_responses(401, 404, 409, 422),
+    },
+)
+async def get_result(
+    state: StateDep,
+    principal: PrincipalDep,
+    job_id: uuid.UUID,
+    fmt: Annotated[ResultFormat, Query(alias="format", description="json, txt, srt or vtt.")] = "json",
+) -> StreamingResponse:
+    async with state.sessionmaker() as session:
+        job = await jobs.owned_job(session, principal, job_id)
+    jobs.ensure_completed(job)
+    try:
+        reader = await state.store.open_read(result_key(job_id, fmt))
+    except ObjectNotFoundError as exc:
+        raise ApiProblem(404, "result_not_found", f"The {fmt} result of this job is missing.") from exc
+    headers = {"Content-Disposition": f'inline; filename="transcript-{job_id}.{fmt}"'}
+    if reader.content_length is not None:
+        headers["Content-Length"] = str(reader.content_length)
+    return StreamingResponse(reader.blocks(), media_type=RESULT_MEDIA_TYPES[fmt], headers=headers)
+
+
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobView,
+    summary="Cancel an active job",
+    description="Any job not yet COMPLETED, FAILED or CANCELLED becomes CANCELLED (`error.code` "
+    "`cancelled`); workers stop at their next check and the webhook is told. 409 for finished jobs.",
+    responses=problem_responses(401, 404, 409, 422),
+)
+async def cancel_job(
+    request: Request, state: StateDep, principal: PrincipalDep, job_id: uuid.UUID
+) -> JobView:
+    await jobs.cancel_job(state, principal, job_id)
+    return await jobs.load_view(state, principal, job_id, base_url(request, state))
+
+
+@router.post(
+    "/{job_id}/retry",
+    response_model=JobView,
+    status_code=202,
+    summary="Retry a FAILED or CANCELLED job",
+    description="Resumes where the job stopped: only unfinished chunks are transcribed again. "
+    "409 for jobs that are not FAILED or CANCELLED.",
+    responses=problem_responses(401, 404, 409, 422),
+)
+async def retry_job(request: Request, state: StateDep, principal: PrincipalDep, job_id: uuid.UUID) -> JobView:
+    await jobs.retry_job(state, principal, job_id)
+    return await jobs.load_view(state, principal, job_id, base_url(request, state))
+
+
+@router.delete(
+    "/{job_id}",
+    status_code=204,
+    response_class=Response,
+    summary="Delete a finished job: its files and its rows",
+    responses=problem_responses(401, 404, 409, 422),
+)
+async def delete_job(state: StateDep, principal: PrincipalDep, job_id: uuid.UUID) -> Response:
+    await jobs.delete_job(state, principal, job_id)
+    return Response(status_code=204)

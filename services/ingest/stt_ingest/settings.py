@@ -1,0 +1,125 @@
+"""Ingest's settings: the shared connection settings plus the knobs of the REST API (env prefix `STT_`).
+
+Built once in `main()` (or by a test) and handed to `create_app(settings)`; nothing else reads the
+environment.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from typing import Annotated, Self
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import NoDecode
+
+from stt_common.settings import Settings
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+KNOWN_PROVIDERS = ("local", "openai", "gemini", "elevenlabs", "wavam", "hispeech")
+
+
+def _split_list(value: object) -> object:
+    """Lists come from the environment as JSON (`["a","b"]`) or comma separated (`a,b`)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [item.strip() for item in text.split(",") if item.strip()]
+    return value
+
+
+class IngestSettings(Settings):
+    """Everything `services/ingest` needs. Defaults are safe for production (loopback bind aside)."""
+
+    service_name: str = "ingest"
+
+    http_host: str = Field(default="127.0.0.1", description="Address the REST API binds to.")
+    http_port: int = Field(default=8000, ge=1, le=65535)
+    public_base_url: str | None = Field(
+        default=None,
+        description="Base URL clients reach the API at (for links and Location); "
+        "the request's own base URL when unset.",
+    )
+    http_graceful_shutdown_seconds: float = Field(default=25.0, gt=0)
+    db_pool_size: int = Field(default=10, ge=1)
+
+    # Uploads.
+    max_upload_bytes: int = Field(default=500 * 1024 * 1024, ge=1, description="Largest accepted media file.")
+    upload_idle_timeout_seconds: float = Field(
+        default=60.0, gt=0, description="An upload that sends nothing for this long is cut off (408)."
+    )
+    max_form_fields: int = Field(default=32, ge=1, description="Text fields accepted next to the file.")
+    max_field_bytes: int = Field(default=16 * 1024, ge=64, description="Largest single text field.")
+    max_json_body_bytes: int = Field(
+        default=64 * 1024, ge=1024, description="Largest JSON request body (everything but the upload)."
+    )
+
+    # Rate limiting (per API key, shared by every replica through Redis).
+    rate_limit_per_minute: int = Field(
+        default=10, ge=0, description="Submissions per key per window, unless the key sets its own; 0 = off."
+    )
+    rate_limit_window_seconds: int = Field(default=60, ge=1)
+
+    # Idempotency-Key.
+    idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=60)
+
+    # URL ingest.
+    url_fetch_max_bytes: int | None = Field(
+        default=None, ge=1, description="Largest file fetched from a URL (max_upload_bytes when unset)."
+    )
+    url_connect_timeout_seconds: float = Field(default=10.0, gt=0)
+    url_read_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="Longest silence from the source while fetching."
+    )
+    url_fetch_timeout_seconds: float = Field(default=15 * 60.0, gt=0, description="Whole-fetch deadline.")
+    url_max_redirects: int = Field(default=5, ge=0)
+    url_dns_timeout_seconds: float = Field(default=5.0, gt=0)
+    url_max_length: int = Field(default=2048, ge=16)
+    ssrf_allow_networks: Annotated[list[IPNetwork], NoDecode] = Field(
+        default_factory=list,
+        description="Operator allow-list: networks a URL (or webhook) may reach although they are "
+        "private/internal. Empty by default. JSON list or comma separated CIDRs.",
+    )
+
+    # Kafka trigger.
+    trigger_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="How long a submission waits for the broker to take its trigger."
+    )
+
+    # Jobs.
+    default_provider: str = "local"
+    allowed_providers: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(KNOWN_PROVIDERS))
+    chained_providers: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["gemini"],
+        description="Providers whose jobs default to context_mode=chained (LLMs that use context).",
+    )
+    max_delete_after_seconds: int = Field(default=365 * 24 * 3600, ge=60)
+    readiness_timeout_seconds: float = Field(default=3.0, gt=0)
+
+    @field_validator("ssrf_allow_networks", "allowed_providers", "chained_providers", mode="before")
+    @classmethod
+    def _lists_from_env(cls, value: object) -> object:
+        return _split_list(value)
+
+    @field_validator("ssrf_allow_networks", mode="before")
+    @classmethod
+    def _networks(cls, value: object) -> object:
+        if isinstance(value, list):
+            return [ipaddress.ip_network(str(item), strict=False) for item in value]
+        return value
+
+    @model_validator(mode="after")
+    def _default_provider_is_allowed(self) -> Self:
+        if self.default_provider not in self.allowed_providers:
+            raise ValueError(
+                f"STT_DEFAULT_PROVIDER {self.default_provider!r} is not in STT_ALLOWED_PROVIDERS"
+            )
+        if self.public_base_url is not None:
+            self.public_base_url = self.public_base_url.rstrip("/")
+        return self
+
+    @property
+    def fetch_max_bytes(self) -> int:
+        return self.url_fetch_max_bytes or self.max_upload_bytes

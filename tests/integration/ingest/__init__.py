@@ -1,0 +1,1 @@
+"""Ingest service tests against real servers."""

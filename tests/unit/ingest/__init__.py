@@ -1,0 +1,1 @@
+"""Ingest unit tests (no servers)."""
