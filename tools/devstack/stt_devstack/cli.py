@@ -58,9 +58,15 @@ def cmd_status(config: StackConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_demo(config: StackConfig, args: argparse.Namespace) -> int:
-    """Placeholder: transcribe a sample end to end once the services exist."""
-    print("the pipeline is not built yet", file=sys.stderr)
-    return 1
+    """Transcribe real speech through the REST API of a running stack (`make demo` runs `up` first)."""
+    from stt_devstack.demo import run_demo
+    from stt_devstack.stack import read_env_file
+
+    env = read_env_file(config) if config.env_file.exists() else {}
+    if "STT_API_URL" not in env:
+        print("the stack is not up: run `make up` first", file=sys.stderr)
+        return 1
+    return asyncio.run(run_demo(env["STT_API_URL"], env["STT_API_KEY"], config.state_dir / "demo"))
 
 
 COMMANDS: dict[str, tuple[Callable[[StackConfig, argparse.Namespace], int], str]] = {
