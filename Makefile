@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STACK := $(PY) -m stt_devstack
 PACKAGES := libs/common services/ingest services/chunker services/transcriber services/merger services/notifier tools/devstack
 
-.PHONY: install lock up down status demo test test-fast lint typecheck bench clean
+.PHONY: install lock up down status demo test lint typecheck bench bench-pipeline bench-chunker bench-fanout clean
 
 # A stamp file makes `make install` idempotent: it reruns only when the lock or a manifest changes.
 $(VENV)/.installed: requirements.lock pyproject.toml $(addsuffix /pyproject.toml,$(PACKAGES))
@@ -50,8 +50,12 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy libs/common/stt_common services/*/stt_* tools/devstack/stt_devstack
 
-bench: install
-	@echo "see bench/README.md for the individual benchmarks"
+# Benchmarks print their figures and write them to bench/results/<name>.json. Not part of `make test`.
+bench: bench-pipeline bench-chunker bench-fanout
+
+bench-pipeline bench-chunker bench-fanout: bench-%: install
+	$(STACK) system-deps
+	PYTHONPATH=. $(PY) -m bench.$(subst pipeline,pipeline_e2e,$*)
 
 clean: down
 	rm -rf .stack

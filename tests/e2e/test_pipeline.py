@@ -22,7 +22,7 @@ from stt_common.db.models import ChunkStatus, JobStatus
 from stt_common.providers import ProviderRequest
 from stt_common.s3 import ObjectStore, chunk_result_key, result_key
 from stt_transcriber.providers.local import LocalWhisperProvider
-from tests.e2e.conftest import Jobs, ServiceProcess
+from tests.e2e.conftest import Jobs, ServiceProcess, StartService
 from tests.fixtures.audio import (
     ESPEAK_VOICE,
     ESPEAK_WPM,
@@ -148,7 +148,8 @@ async def test_corrupt_audio_fails_with_invalid_audio(
     job = await jobs.wait_terminal(job_id, timeout=60)
     assert job.status == JobStatus.FAILED
     assert job.error_code == "invalid_audio"
-    assert job.error_message and "could not be decoded" in job.error_message
+    assert job.error_message
+    assert "could not be decoded" in job.error_message
 
 
 async def test_cancel_during_transcription_stops_the_job(
@@ -212,7 +213,7 @@ async def test_killing_a_transcriber_mid_chunk_loses_nothing(
     jobs: Jobs,
     store: ObjectStore,
     tmp_path: Path,
-    start_service,  # type: ignore[no-untyped-def]
+    start_service: StartService,
 ) -> None:
     second = await start_service("transcriber", STT_LEASE_SECONDS="12", STT_LEASE_RENEW_SECONDS="3")
     audio = tmp_path / "long.wav"

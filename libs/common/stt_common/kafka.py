@@ -5,6 +5,7 @@ Delivery is at-least-once by design; nothing here relies on broker transactions.
 
 from __future__ import annotations
 
+import zlib
 from types import TracebackType
 from typing import Self
 
@@ -37,7 +38,19 @@ class EventProducer:
         await self._producer.stop()
 
     async def emit(self, topic: Topic, envelope: Envelope) -> None:
-        await self._producer.send_and_wait(topic.value, envelope.encode(), key=envelope.key())
+        partition = await self._partition(topic, envelope)
+        await self._producer.send_and_wait(topic.value, envelope.encode(), key=envelope.key(), partition=partition)
+
+    async def _partition(self, topic: Topic, envelope: Envelope) -> int | None:
+        """Chunks of one job go to consecutive partitions (from a per-job start), not by key hash:
+        hashing `job:index` clusters a job's chunks on a few partitions by chance, which leaves
+        replicas idle while others queue. Deterministic, so a re-emitted chunk lands where the first
+        one did. Everything else uses the key (the default partitioner)."""
+        if envelope.chunk_index is None:
+            return None
+        partitions = sorted(await self._producer.partitions_for(topic.value))
+        start = zlib.crc32(str(envelope.job_id).encode())
+        return int(partitions[(start + envelope.chunk_index) % len(partitions)])
 
     async def send_raw(
         self, topic: str, value: bytes | None, *, key: bytes | None, headers: list[tuple[str, bytes]]

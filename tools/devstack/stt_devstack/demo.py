@@ -39,7 +39,8 @@ def build_recording(target: Path) -> tuple[Path, str, float]:
                         if round_ == 0 and file_id == order[0]:
                             out.setparams(sample.getparams())
                         out.writeframes(sample.readframes(sample.getnframes()))
-                        out.writeframes(b"\x00" * int(GAP_SECONDS * sample.getframerate()) * sample.getsampwidth())
+                        gap_frames = int(GAP_SECONDS * sample.getframerate())
+                        out.writeframes(b"\x00" * gap_frames * sample.getsampwidth())
     with wave.open(str(target), "rb") as done:
         seconds = done.getnframes() / done.getframerate()
     return target, reference, seconds
@@ -92,13 +93,16 @@ async def run_demo(api_url: str, api_key: str, work_dir: Path, *, timeout_second
     print("\n--- transcript " + "-" * 60)
     print(transcript.strip())
     print("-" * 75)
-    print(f"{seconds:.0f} s of audio in {elapsed:.1f} s (real-time factor {seconds / elapsed:.1f}x), "
-          f"{len(document['chunks'])} chunks, merge: "
-          + ", ".join(d["method"] for d in document["quality"]["merge_decisions"]))
+    print(
+        f"{seconds:.0f} s of audio in {elapsed:.1f} s (real-time factor {seconds / elapsed:.1f}x), "
+        f"{len(document['chunks'])} chunks, merge: "
+        + ", ".join(d["method"] for d in document["quality"]["merge_decisions"])
+    )
     print(f"word error rate against the LibriVox reference: {_wer(reference, document['text']):.1%}")
     print("result files:")
     for fmt in ("json", "txt", "srt", "vtt"):
-        print(f"  {api_url}/api/v1/jobs/{job_id}/result?format={fmt}   (s3: jobs/{job_id}/result/transcript.{fmt})")
+        url = f"{api_url}/api/v1/jobs/{job_id}/result?format={fmt}"
+        print(f"  {url}   (s3: jobs/{job_id}/result/transcript.{fmt})")
     return 0
 
 

@@ -169,3 +169,11 @@ async def wait_ready(
     if log_path is not None:
         reason += f"; last lines of {log_path}:\n{log_tail(log_path)}"
     raise StackError(reason)
+
+
+def free_port() -> int:
+    """A port the kernel says is free now (for processes whose port nobody needs to know in advance)."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
