@@ -13,17 +13,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import Histogram
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from stt_common import metrics
 from stt_common.db.jobs import transition_job
 from stt_common.db.models import Chunk, Job, JobStatus
+from stt_common.errors import ErrorCode
 from stt_common.kafka import EventProducer
 from stt_common.messages import Envelope, Topic
-from stt_common.pipeline import load_job
+from stt_common.pipeline import fail_job, load_job
 from stt_common.runner import Outcome
-from stt_common.s3 import ObjectStore, chunk_result_key, result_key
+from stt_common.s3 import ObjectNotFoundError, ObjectStore, chunk_result_key, result_key
 from stt_common.transcript import ChunkTranscript, Segment
 from stt_merger.formats import to_srt, to_txt, to_vtt
 from stt_merger.merge import ChunkInput, merge_chunks
@@ -67,7 +69,19 @@ class MergerHandler:
         if job.status != JobStatus.MERGING:
             return Outcome.DUPLICATE
 
-        document = await self._merge(job)
+        try:
+            document = await self._merge(job)
+        except (ObjectNotFoundError, ValidationError, KeyError, json.JSONDecodeError) as exc:
+            # A chunk result that is missing or unreadable will not get better by redelivery.
+            await fail_job(
+                self._sessions,
+                self._producer,
+                job.id,
+                code=ErrorCode.UNKNOWN,
+                message=f"could not merge the chunk results ({type(exc).__name__}: {exc}); retry the job",
+                stage=STAGE,
+            )
+            return Outcome.OK
         for fmt, body in _renderings(document).items():
             await self._store.put_bytes(result_key(job.id, fmt), body, content_type=_CONTENT_TYPES[fmt])
 

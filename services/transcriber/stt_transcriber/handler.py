@@ -33,7 +33,7 @@ from stt_common.messages import Envelope, Topic
 from stt_common.pipeline import fail_job, load_job
 from stt_common.providers import Provider, ProviderRequest
 from stt_common.runner import Outcome
-from stt_common.s3 import ObjectStore, chunk_audio_key, chunk_result_key
+from stt_common.s3 import ObjectNotFoundError, ObjectStore, chunk_audio_key, chunk_result_key
 from stt_common.transcript import ChunkTranscript, Segment
 from stt_transcriber.coverage import speech_gaps, speech_mask
 from stt_transcriber.pool import ProviderPool
@@ -174,12 +174,27 @@ class TranscriberHandler:
         ) as tmp:
             audio = Path(tmp) / "chunk.wav"
             async with self._lease(job.id, chunk.index):
-                await self._store.download_file(chunk_audio_key(job.id, chunk.index), audio)
+                try:
+                    await self._store.download_file(chunk_audio_key(job.id, chunk.index), audio)
+                    context = await self._context(job, chunk.index)
+                except ObjectNotFoundError as exc:
+                    # Deleted under us (or never written): no retry can bring it back.
+                    message = f"chunk {chunk.index}: {exc} is missing from storage; retry the job"
+                    await self._fail_chunk(job.id, chunk.index, ErrorCode.UNKNOWN, message)
+                    await fail_job(
+                        self._sessions,
+                        self._producer,
+                        job.id,
+                        code=ErrorCode.UNKNOWN,
+                        message=message,
+                        stage=STAGE,
+                    )
+                    return Outcome.OK
                 request = ProviderRequest(
                     language=job.language,
                     model=job.model,
                     prompt=(job.options or {}).get("prompt"),
-                    context_segments=await self._context(job, chunk.index),
+                    context_segments=context,
                     options=dict(job.options or {}),
                 )
                 try:
