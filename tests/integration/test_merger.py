@@ -20,7 +20,7 @@ from stt_common.settings import Settings
 from stt_common.transcript import ChunkTranscript, Segment, Word
 from stt_merger.handler import MergerHandler
 
-SENTENCE = "the quick brown fox jumps over the lazy dog".split()
+SENTENCE = ["the", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog"]
 
 
 def chunk_transcript(offset: float, start: float, end: float) -> ChunkTranscript:
