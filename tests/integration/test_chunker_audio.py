@@ -376,7 +376,8 @@ async def test_an_hour_normalises_in_bounded_memory(long_input: Path, media_dir:
         watcher.cancel()
     assert duration == pytest.approx(3600.0, abs=0.01)
     assert dst.stat().st_size == 44 + 3600 * 16_000 * 2  # 115 MB written ...
-    assert python_peak < 2 * 1024 * 1024  # ... none of it through this process
+    # ... none of it through this process (the bound leaves room for other tasks on the shared loop)
+    assert python_peak < 16 * 1024 * 1024
     # ... nor held by ffmpeg, whose peak resident set stays a fraction of it.
     assert peaks, "ffmpeg was never seen running"
     assert max(peaks.values()) < 100 * 1024 * 1024

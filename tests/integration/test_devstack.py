@@ -21,6 +21,7 @@ from stt_common.messages import Topic
 from stt_devstack import StackConfig, StackError, start_infra, status, stop
 from stt_devstack.procs import is_running, port_is_free
 from stt_devstack.state import StackState
+from tests.helpers import wait_until
 
 PORT_BASE = (
     21000  # `make up` uses 18000 and the session fixtures 20000; all below the ephemeral range (32768+)
@@ -113,7 +114,11 @@ async def test_start_twice_then_stop(config: StackConfig) -> None:
     assert not any(is_running(component) for component in ours)
     ports = [config.kafka_port, *config.seaweed_ports().values()]
     ports += [component.port for component in ours]
-    assert all(port_is_free(port) for port in ports)
+    await wait_until(
+        lambda: all(port_is_free(port) for port in ports),
+        timeout=15,
+        what=f"ports free again: {[port for port in ports if not port_is_free(port)]}",
+    )
     assert StackState.load(config.state_file).components == {}
     assert not config.env_file.exists()
     if first["postgres"].external:
