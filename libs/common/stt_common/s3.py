@@ -77,6 +77,8 @@ class ObjectStore:
                 s3={"addressing_style": "path"},
                 retries={"max_attempts": 3, "mode": "standard"},
                 max_pool_connections=32,
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
             ),
         }
         self._exit_stack = contextlib.AsyncExitStack()

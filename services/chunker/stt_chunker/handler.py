@@ -31,6 +31,7 @@ from stt_common.runner import Outcome
 from stt_common.s3 import ObjectNotFoundError, ObjectStore, chunk_audio_key, original_key
 
 STAGE = "chunker"
+_PARALLEL_UPLOADS = 2
 log = get_logger(__name__)
 
 
@@ -73,7 +74,7 @@ class ChunkerHandler:
         with tempfile.TemporaryDirectory(prefix=f"chunk-{job.id}-", dir=self._settings.work_dir) as tmp:
             workdir = Path(tmp)
             try:
-                windows, duration = await self._split(job, workdir)
+                windows, duration, timings = await self._split(job, workdir)
             except SttError as exc:  # unreadable media, or ffmpeg past its time limit
                 await fail_job(
                     self._sessions, self._producer, job.id, code=exc.code, message=exc.message, stage=STAGE
@@ -117,6 +118,7 @@ class ChunkerHandler:
                     "chunks": len(windows),
                     "duration_seconds": round(duration, 3),
                     "chunking_seconds": round(time.perf_counter() - started, 3),
+                    **timings,
                 },
                 chunks_total=len(windows),
                 duration_seconds=duration,
@@ -128,13 +130,25 @@ class ChunkerHandler:
         await emit_pending_chunks(self._sessions, self._producer, job, stage=STAGE)
         return Outcome.OK
 
-    async def _split(self, job: Job, workdir: Path) -> tuple[list[ChunkWindow], float]:
+    async def _split(self, job: Job, workdir: Path) -> tuple[list[ChunkWindow], float, dict[str, float]]:
+        """Download, normalise, plan and upload; returns the windows, the duration and step timings."""
+        timings: dict[str, float] = {}
+        clock = time.perf_counter()
+
+        def lap(step: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            timings[f"{step}_seconds"] = round(now - clock, 3)
+            clock = now
+
         original = workdir / "original"
         await self._store.download_file(original_key(job.id), original)
+        lap("download")
         await probe(original)
         wav = workdir / "audio.wav"
         duration = await normalise(original, wav, timeout_s=self._settings.ffmpeg_timeout_seconds)
         original.unlink()
+        lap("normalise")
         settings = self._settings
         windows = await asyncio.to_thread(
             plan_chunks,
@@ -144,12 +158,20 @@ class ChunkerHandler:
             search_window_seconds=settings.chunk_search_window_seconds,
             quietest=lambda start, end: quietest_point(wav, start, end),
         )
-        for window in windows:
-            path = workdir / f"{window.index:04d}.wav"
-            await cut_chunk(wav, window.start, window.end, path)
-            await self._store.upload_file(
-                chunk_audio_key(job.id, window.index), path, content_type="audio/wav"
-            )
-            path.unlink()
-        log.info("chunked", chunks=len(windows), duration_s=round(duration, 1))
-        return windows, duration
+        lap("plan")
+        # Cutting is a file copy; uploading dominates, so a few chunks go up at once.
+        uploads = asyncio.Semaphore(_PARALLEL_UPLOADS)
+
+        async def cut_and_upload(window: ChunkWindow) -> None:
+            async with uploads:
+                path = workdir / f"{window.index:04d}.wav"
+                await cut_chunk(wav, window.start, window.end, path)
+                await self._store.upload_file(
+                    chunk_audio_key(job.id, window.index), path, content_type="audio/wav"
+                )
+                path.unlink()
+
+        await asyncio.gather(*(cut_and_upload(window) for window in windows))
+        lap("upload")
+        log.info("chunked", chunks=len(windows), duration_s=round(duration, 1), **timings)
+        return windows, duration, timings
