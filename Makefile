@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STACK := $(PY) -m stt_devstack
-PACKAGES := libs/common services/ingest services/chunker services/transcriber services/merger services/notifier tools/devstack
+PACKAGES := libs/common services/ingest services/chunker services/transcriber services/merger services/notifier services/maintenance tools/devstack
 
 .PHONY: install lock up down status demo test lint typecheck bench bench-pipeline bench-chunker bench-fanout clean
 
@@ -51,11 +51,37 @@ typecheck: install
 	$(VENV)/bin/mypy libs/common/stt_common services/*/stt_* tools/devstack/stt_devstack
 
 # Benchmarks print their figures and write them to bench/results/<name>.json. Not part of `make test`.
-bench: bench-pipeline bench-chunker bench-fanout
+bench: bench-pipeline bench-chunker bench-fanout bench-ingest-upload bench-ingest-get
 
 bench-pipeline bench-chunker bench-fanout: bench-%: install
 	$(STACK) system-deps
 	PYTHONPATH=. $(PY) -m bench.$(subst pipeline,pipeline_e2e,$*)
 
+.PHONY: bench-ingest-upload bench-ingest-get
+
+bench-ingest-upload bench-ingest-get: bench-ingest-%: install
+	$(STACK) system-deps
+	PYTHONPATH=. $(PY) -m bench.ingest_$*
+
 clean: down
 	rm -rf .stack
+
+# Container images, one per service (services/<name>/Dockerfile, built from the repository root).
+# BASE_IMAGE=… builds on a local Python 3.11 base (docs/kubernetes.md); DOCKER_BUILD_ARGS passes more.
+IMAGE_SERVICES := ingest chunker transcriber merger notifier maintenance
+IMAGE_PREFIX ?= stt-
+IMAGE_TAG ?= dev
+DOCKER ?= docker
+DOCKER_BUILD_ARGS ?=
+
+.PHONY: images chart-test $(addprefix image-,$(IMAGE_SERVICES))
+
+images: $(addprefix image-,$(IMAGE_SERVICES))
+
+$(addprefix image-,$(IMAGE_SERVICES)): image-%:
+	$(DOCKER) build $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) $(DOCKER_BUILD_ARGS) \
+		-f services/$*/Dockerfile -t $(IMAGE_PREFIX)$*:$(IMAGE_TAG) .
+
+# The chart, manifest and dashboard checks alone (they are also part of `make test`).
+chart-test: install
+	$(PY) -m pytest -q tests/chart

@@ -39,7 +39,9 @@ def fake() -> Iterator[FakeOpenAI]:
 @pytest.fixture(scope="module")
 def chunk_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A loud tone: every frame counts as speech for the coverage check."""
-    return tone_wav(tmp_path_factory.mktemp("audio") / "chunk.wav", CHUNK_SECONDS, sample_rate=16000, codec="pcm_s16le")
+    return tone_wav(
+        tmp_path_factory.mktemp("audio") / "chunk.wav", CHUNK_SECONDS, sample_rate=16000, codec="pcm_s16le"
+    )
 
 
 @pytest.fixture
@@ -89,7 +91,11 @@ async def state(sessions: async_sessionmaker[AsyncSession], job_id: uuid.UUID) -
 
 
 async def test_success_completes_the_chunk_and_starts_the_merge(
-    handler: TranscriberHandler, sessionmaker_, store: ObjectStore, chunk_wav: Path, fake: FakeOpenAI  # type: ignore[no-untyped-def]
+    handler: TranscriberHandler,
+    sessionmaker_,
+    store: ObjectStore,
+    chunk_wav: Path,
+    fake: FakeOpenAI,  # type: ignore[no-untyped-def]
 ) -> None:
     job_id = await new_job(sessionmaker_, store, chunk_wav)
     assert await handler(trigger(job_id)) is Outcome.OK
@@ -114,13 +120,18 @@ async def test_success_completes_the_chunk_and_starts_the_merge(
     ],
 )
 async def test_transient_errors_are_retried(
-    handler: TranscriberHandler, sessionmaker_, store: ObjectStore, chunk_wav: Path, fake: FakeOpenAI,  # type: ignore[no-untyped-def]
-    failures: list[Failure], code: str,
+    handler: TranscriberHandler,
+    sessionmaker_,
+    store: ObjectStore,
+    chunk_wav: Path,
+    fake: FakeOpenAI,  # type: ignore[no-untyped-def]
+    failures: list[Failure],
+    code: str,
 ) -> None:
     job_id = await new_job(sessionmaker_, store, chunk_wav)
     fake.fail(*failures)
     assert await handler(trigger(job_id)) is Outcome.OK
-    job, chunk = await state(sessionmaker_, job_id)
+    _, chunk = await state(sessionmaker_, job_id)
     assert chunk.status == ChunkStatus.COMPLETED
     document = json.loads(await store.get_bytes(chunk_result_key(job_id, 0)))
     calls = document["tries"][0]["calls"]
@@ -129,7 +140,11 @@ async def test_transient_errors_are_retried(
 
 
 async def test_retry_after_is_honoured(
-    handler: TranscriberHandler, sessionmaker_, store: ObjectStore, chunk_wav: Path, fake: FakeOpenAI  # type: ignore[no-untyped-def]
+    handler: TranscriberHandler,
+    sessionmaker_,
+    store: ObjectStore,
+    chunk_wav: Path,
+    fake: FakeOpenAI,  # type: ignore[no-untyped-def]
 ) -> None:
     job_id = await new_job(sessionmaker_, store, chunk_wav)
     fake.fail(Failure.rate_limited(retry_after=2))
@@ -139,7 +154,11 @@ async def test_retry_after_is_honoured(
 
 
 async def test_auth_error_fails_the_job_at_once(
-    handler: TranscriberHandler, sessionmaker_, store: ObjectStore, chunk_wav: Path, fake: FakeOpenAI  # type: ignore[no-untyped-def]
+    handler: TranscriberHandler,
+    sessionmaker_,
+    store: ObjectStore,
+    chunk_wav: Path,
+    fake: FakeOpenAI,  # type: ignore[no-untyped-def]
 ) -> None:
     job_id = await new_job(sessionmaker_, store, chunk_wav)
     fake.fail(Failure.unauthorized())
@@ -152,7 +171,11 @@ async def test_auth_error_fails_the_job_at_once(
 
 
 async def test_retries_exhausted_fail_the_job_with_the_classified_code(
-    handler: TranscriberHandler, sessionmaker_, store: ObjectStore, chunk_wav: Path, fake: FakeOpenAI  # type: ignore[no-untyped-def]
+    handler: TranscriberHandler,
+    sessionmaker_,
+    store: ObjectStore,
+    chunk_wav: Path,
+    fake: FakeOpenAI,  # type: ignore[no-untyped-def]
 ) -> None:
     job_id = await new_job(sessionmaker_, store, chunk_wav)
     fake.fail(*[Failure.server_error(503)] * 5)
@@ -163,7 +186,11 @@ async def test_retries_exhausted_fail_the_job_with_the_classified_code(
 
 
 async def test_cancellation_stops_retries(
-    handler: TranscriberHandler, sessionmaker_, store: ObjectStore, chunk_wav: Path, fake: FakeOpenAI  # type: ignore[no-untyped-def]
+    handler: TranscriberHandler,
+    sessionmaker_,
+    store: ObjectStore,
+    chunk_wav: Path,
+    fake: FakeOpenAI,  # type: ignore[no-untyped-def]
 ) -> None:
     from stt_common.db.jobs import transition_job
 
@@ -185,7 +212,11 @@ async def test_cancellation_stops_retries(
 
 
 async def test_a_speech_gap_is_retried_and_reported(
-    handler: TranscriberHandler, sessionmaker_, store: ObjectStore, chunk_wav: Path, fake: FakeOpenAI  # type: ignore[no-untyped-def]
+    handler: TranscriberHandler,
+    sessionmaker_,
+    store: ObjectStore,
+    chunk_wav: Path,
+    fake: FakeOpenAI,  # type: ignore[no-untyped-def]
 ) -> None:
     job_id = await new_job(sessionmaker_, store, chunk_wav)
     fake.transcript_for = lambda duration: [(0.0, 10.0, "only the start was heard")]

@@ -6,6 +6,7 @@ brute-force, and the lookup by hash must be cheap on every request.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import secrets
@@ -37,5 +38,6 @@ def generate_api_key() -> NewKey:
         plaintext=plaintext,
         key_hash=hash_api_key(plaintext),
         prefix=plaintext[: len(KEY_PREFIX) + 6],
-        webhook_secret="whsec_" + secrets.token_urlsafe(32),
+        # Standard Webhooks secrets are standard base64 of the key bytes after the `whsec_` prefix.
+        webhook_secret="whsec_" + base64.b64encode(secrets.token_bytes(32)).decode(),
     )

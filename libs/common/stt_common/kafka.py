@@ -39,7 +39,9 @@ class EventProducer:
 
     async def emit(self, topic: Topic, envelope: Envelope) -> None:
         partition = await self._partition(topic, envelope)
-        await self._producer.send_and_wait(topic.value, envelope.encode(), key=envelope.key(), partition=partition)
+        await self._producer.send_and_wait(
+            topic.value, envelope.encode(), key=envelope.key(), partition=partition
+        )
 
     async def _partition(self, topic: Topic, envelope: Envelope) -> int | None:
         """Chunks of one job go to consecutive partitions (from a per-job start), not by key hash:

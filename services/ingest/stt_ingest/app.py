@@ -24,7 +24,7 @@ from stt_ingest.events import Trigger
 from stt_ingest.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from stt_ingest.problems import PROBLEM_MEDIA_TYPE, Problem, install_problem_handlers
 from stt_ingest.ratelimit import RateLimiter
-from stt_ingest.routes import jobs, ops, submit
+from stt_ingest.routes import jobs, ops, submit, webhooks
 from stt_ingest.routes.submit import UPLOAD_PATH
 from stt_ingest.settings import IngestSettings
 from stt_ingest.state import AppState
@@ -150,6 +150,7 @@ def create_app(
     app.add_middleware(RequestContextMiddleware)
     app.include_router(submit.router)
     app.include_router(jobs.router)
+    app.include_router(webhooks.router)
     app.include_router(ops.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

@@ -4,6 +4,8 @@ Starlette's form parsing spools files to disk past 1 MB; an upload here must go 
 never whole into memory or onto local disk. This reader drives `python_multipart`'s push parser from
 the ASGI body stream and hands out parts one at a time: text fields (small, size-limited, kept) and the
 file part, whose bytes are an async iterator pulled chunk by chunk (at most one network chunk is held).
+The file's bytes are memoryviews of the network chunks, not copies (the parser hands out ranges of
+the very `bytes` object it was fed, which is immutable).
 
 Fields may come before or after the file; the caller reads the file before asking for the next item.
 """
@@ -159,7 +161,7 @@ class StreamingForm:
 
     def _on_part_data(self, data: bytes, start: int, end: int) -> None:
         if end > start:
-            self._events.append(("data", bytes(data[start:end])))
+            self._events.append(("data", memoryview(data)[start:end]))
 
     def _on_part_end(self) -> None:
         self._events.append(("end", None))
@@ -174,7 +176,9 @@ class StreamingForm:
         if self._exhausted:
             return False
         try:
-            chunk = await asyncio.wait_for(anext(self._chunks), self._idle_timeout)
+            # `asyncio.timeout`, not `wait_for`: no task per network chunk.
+            async with asyncio.timeout(self._idle_timeout):
+                chunk = await anext(self._chunks)
         except StopAsyncIteration:
             self._exhausted = True
             self._parser.finalize()
@@ -230,7 +234,7 @@ class StreamingForm:
             kind, data = event
             if kind == "end":
                 break
-            assert isinstance(data, bytes)
+            assert isinstance(data, memoryview)
             value.extend(data)
             if len(value) > self._max_field_bytes:
                 raise FormError(
@@ -243,7 +247,7 @@ class StreamingForm:
         except UnicodeDecodeError as exc:
             raise FormError(422, "invalid_field_encoding", f"Form field {name!r} is not UTF-8.") from exc
 
-    async def file_data(self) -> AsyncIterator[bytes]:
+    async def file_data(self) -> AsyncIterator[memoryview]:
         """The bytes of the current file part, as they arrive."""
         if not self._in_file:
             raise RuntimeError("no file part is open")
@@ -255,7 +259,7 @@ class StreamingForm:
             if kind == "end":
                 self._in_file = False
                 return
-            assert isinstance(data, bytes)
+            assert isinstance(data, memoryview)
             yield data
 
     async def drain(self) -> None:

@@ -22,7 +22,13 @@ class MediaTooLargeError(Exception):
 
 class MediaStream:
     def __init__(
-        self, source: AsyncIterator[bytes], *, filename: str | None, require_extension: bool, max_bytes: int
+        self,
+        source: AsyncIterator[bytes] | AsyncIterator[memoryview],
+        *,
+        filename: str | None,
+        require_extension: bool,
+        max_bytes: int,
+        hashed: bool = True,
     ) -> None:
         self._source = source
         self._filename = filename
@@ -30,12 +36,15 @@ class MediaStream:
         self._max_bytes = max_bytes
         self._head = bytearray()
         self._source_done = False
-        self._sha256 = hashlib.sha256()
+        # Only an Idempotency-Key needs the digest; hashing 500 MB costs about a second of CPU.
+        self._sha256 = hashlib.sha256() if hashed else None
         self.size = 0
         self.detected: Detected | None = None
 
     @property
     def sha256(self) -> str:
+        if self._sha256 is None:
+            raise RuntimeError("this stream is not hashed")
         return self._sha256.hexdigest()
 
     async def prime(self) -> Detected:
@@ -59,20 +68,23 @@ class MediaStream:
         if self.size > self._max_bytes:
             raise MediaTooLargeError(self._max_bytes)
 
-    async def blocks(self) -> AsyncIterator[bytes]:
+    async def blocks(self) -> AsyncIterator[bytes | memoryview]:
         """Every byte of the file, in order; hashes as it goes."""
         if self.detected is None:
             await self.prime()
+        digest = self._sha256
         if self._head:
             head = bytes(self._head)
             self._head.clear()
-            self._sha256.update(head)
+            if digest is not None:
+                digest.update(head)
             yield head
         if self._source_done:
             return
         async for block in self._source:
             self._count(len(block))
-            self._sha256.update(block)
+            if digest is not None:
+                digest.update(block)
             yield block
 
     async def consume(self) -> None:

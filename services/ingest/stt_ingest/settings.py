@@ -50,6 +50,13 @@ class IngestSettings(Settings):
     upload_idle_timeout_seconds: float = Field(
         default=60.0, gt=0, description="An upload that sends nothing for this long is cut off (408)."
     )
+    upload_part_bytes: int = Field(
+        default=5 * 1024 * 1024,
+        ge=5 * 1024 * 1024,
+        le=5 * 1024 * 1024 * 1024,
+        description="S3 part size for streamed uploads. Each upload holds two parts in memory (one "
+        "filling, one being sent); at most 10,000 parts, so max_upload_bytes / 10,000 at least.",
+    )
     max_form_fields: int = Field(default=32, ge=1, description="Text fields accepted next to the file.")
     max_field_bytes: int = Field(default=16 * 1024, ge=64, description="Largest single text field.")
     max_json_body_bytes: int = Field(
@@ -115,6 +122,12 @@ class IngestSettings(Settings):
         if self.default_provider not in self.allowed_providers:
             raise ValueError(
                 f"STT_DEFAULT_PROVIDER {self.default_provider!r} is not in STT_ALLOWED_PROVIDERS"
+            )
+        largest = max(self.max_upload_bytes, self.fetch_max_bytes)
+        if largest > self.upload_part_bytes * 10_000:
+            raise ValueError(
+                "STT_UPLOAD_PART_BYTES is too small: S3 allows 10,000 parts and the largest file "
+                f"is {largest} bytes"
             )
         if self.public_base_url is not None:
             self.public_base_url = self.public_base_url.rstrip("/")

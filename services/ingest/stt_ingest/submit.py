@@ -228,6 +228,7 @@ async def _submit_upload(upload: _Upload, base_url: str) -> Outcome:
         filename=part.filename,
         require_extension=True,
         max_bytes=settings.max_upload_bytes,
+        hashed=upload.idem_key is not None,
     )
 
     if record is not None:

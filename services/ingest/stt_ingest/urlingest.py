@@ -138,6 +138,7 @@ class UrlIngestor:
                     filename=download.filename,
                     require_extension=False,
                     max_bytes=settings.fetch_max_bytes,
+                    hashed=False,
                 )
                 detected = await stream.prime()
                 await self._store.upload_stream(key, stream.blocks(), content_type=detected.mime)

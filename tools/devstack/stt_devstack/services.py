@@ -71,7 +71,7 @@ SERVICES: tuple[Service, ...] = (
     Service("transcriber", "stt_transcriber", ops_offset=102),
     Service("merger", "stt_merger", ops_offset=103),
     Service("notifier", "stt_notifier", ops_offset=104),
-    Service("maintenance", "stt_common.maintenance", ops_offset=105, args=("loop",), ready_path=None),
+    Service("maintenance", "stt_maintenance", ops_offset=105, args=("loop",), ready_path="/readyz"),
 )
 SERVICE_NAMES = tuple(service.name for service in SERVICES)
 _GRACE_SECONDS = 2.0

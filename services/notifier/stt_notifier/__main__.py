@@ -1,0 +1,3 @@
+from stt_notifier.main import main
+
+main()
