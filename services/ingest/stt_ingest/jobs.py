@@ -175,15 +175,21 @@ def encode_cursor(created_at: datetime, job_id: uuid.UUID) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """The position a cursor names; 400 for anything this API did not give out (whatever the
+    client made of it: not JSON, not an object, other types, a time out of range)."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         data = json.loads(raw)
-        created_at = datetime.fromisoformat(data["t"])
-        job_id = uuid.UUID(data["i"])
-    except (binascii.Error, ValueError, KeyError, TypeError) as exc:
+        created, identifier = data["t"], data["i"]
+        if not isinstance(created, str) or not isinstance(identifier, str):
+            raise TypeError("cursor fields are strings")
+        created_at = datetime.fromisoformat(created)
+        if created_at.tzinfo is None:
+            raise ValueError("cursor times carry an offset")
+        created_at = created_at.astimezone(UTC)
+        job_id = uuid.UUID(identifier)
+    except (binascii.Error, ValueError, KeyError, TypeError, OverflowError) as exc:
         raise ApiProblem(400, "invalid_cursor", "The cursor is not one this API gave out.") from exc
-    if created_at.tzinfo is None:
-        raise ApiProblem(400, "invalid_cursor", "The cursor is not one this API gave out.")
     return created_at, job_id
 
 

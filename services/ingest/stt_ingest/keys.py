@@ -82,24 +82,38 @@ async def create_key(
     )
 
 
+async def _active_key(session: AsyncSession, prefix_or_id: str) -> ApiKey:
+    query = select(ApiKey).where(ApiKey.revoked_at.is_(None))
+    try:
+        query = query.where(ApiKey.id == uuid.UUID(prefix_or_id))
+    except ValueError:
+        query = query.where(ApiKey.prefix == prefix_or_id)
+    rows = list((await session.scalars(query)).all())
+    if not rows:
+        raise KeyNotFoundError(f"no active key {prefix_or_id!r}")
+    if len(rows) > 1:
+        raise AmbiguousKeyError(f"{len(rows)} active keys have prefix {prefix_or_id!r}; use the id")
+    return rows[0]
+
+
 async def revoke_key(sessionmaker: async_sessionmaker[AsyncSession], prefix_or_id: str) -> KeyInfo:
     """Revoke one active key, named by its id or its unique prefix. Revoking is immediate: the
     next request with the key answers 401."""
     async with sessionmaker() as session, session.begin():
-        query = select(ApiKey).where(ApiKey.revoked_at.is_(None))
-        try:
-            query = query.where(ApiKey.id == uuid.UUID(prefix_or_id))
-        except ValueError:
-            query = query.where(ApiKey.prefix == prefix_or_id)
-        rows = list((await session.scalars(query)).all())
-        if not rows:
-            raise KeyNotFoundError(f"no active key {prefix_or_id!r}")
-        if len(rows) > 1:
-            raise AmbiguousKeyError(f"{len(rows)} active keys have prefix {prefix_or_id!r}; revoke by id")
-        row = rows[0]
+        row = await _active_key(session, prefix_or_id)
         await session.execute(update(ApiKey).where(ApiKey.id == row.id).values(revoked_at=func.now()))
         await session.refresh(row)
         return _info(row)
+
+
+async def rotate_webhook_secret(sessionmaker: async_sessionmaker[AsyncSession], prefix_or_id: str) -> str:
+    """Give a key a new webhook signing secret and return it (shown once). Deliveries attempted
+    from now on, retries of older events included, are signed with the new secret."""
+    secret = generate_api_key().webhook_secret
+    async with sessionmaker() as session, session.begin():
+        row = await _active_key(session, prefix_or_id)
+        await session.execute(update(ApiKey).where(ApiKey.id == row.id).values(webhook_secret=secret))
+    return secret
 
 
 async def list_keys(sessionmaker: async_sessionmaker[AsyncSession]) -> list[KeyInfo]:

@@ -2,6 +2,7 @@
 
 python -m stt_ingest keys create --name NAME --tenant TENANT [--rate-limit N] [--json]
 python -m stt_ingest keys revoke PREFIX_OR_ID
+python -m stt_ingest keys rotate-webhook-secret PREFIX_OR_ID
 python -m stt_ingest keys list [--json]
 """
 
@@ -32,6 +33,10 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--json", action="store_true", help="print JSON")
     revoke = key_commands.add_parser("revoke", help="revoke a key by id or prefix")
     revoke.add_argument("key", metavar="PREFIX_OR_ID")
+    rotate = key_commands.add_parser(
+        "rotate-webhook-secret", help="replace a key's webhook signing secret; prints the new one once"
+    )
+    rotate.add_argument("key", metavar="PREFIX_OR_ID")
     listing = key_commands.add_parser("list", help="list keys (never the keys themselves)")
     listing.add_argument("--json", action="store_true", help="print JSON")
     return parser
@@ -68,6 +73,15 @@ async def _keys(settings: IngestSettings, args: argparse.Namespace) -> int:
                 print(f"error: {exc.args[0]}", file=sys.stderr)
                 return 1
             print(f"revoked {info.id} ({info.prefix}, {info.name})")
+            return 0
+        if args.keys_command == "rotate-webhook-secret":
+            try:
+                secret = await keys.rotate_webhook_secret(sessionmaker, args.key)
+            except LookupError as exc:
+                print(f"error: {exc.args[0]}", file=sys.stderr)
+                return 1
+            print(f"webhook_secret: {secret}")
+            print("Store it now: it is not shown again; receivers must switch to it.", file=sys.stderr)
             return 0
         rows = await keys.list_keys(sessionmaker)
         if args.json:

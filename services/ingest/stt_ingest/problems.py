@@ -7,6 +7,7 @@ and an unhandled exception becomes a generic 500 whose only link to the log is t
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
@@ -16,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_TYPE_PREFIX = "urn:stt:problem:"
@@ -164,12 +166,47 @@ async def _api_problem_handler(request: Request, exc: Exception) -> JSONResponse
     return problem_response(request, exc)
 
 
+_METHOD_ORDER = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _method_index(app: Any) -> list[tuple[re.Pattern[str], frozenset[str]]]:
+    """(path pattern, methods) of every documented path, built once per app from its OpenAPI
+    document (public API only: how the framework nests included routers is its own business)."""
+    index: list[tuple[re.Pattern[str], frozenset[str]]] | None = getattr(app.state, "allow_index", None)
+    if index is None:
+        index = []
+        for template, item in app.openapi().get("paths", {}).items():
+            # Exactly the documented methods: API routes do not answer HEAD for GET.
+            methods = frozenset(method.upper() for method in item if method.upper() in _METHOD_ORDER)
+            index.append((compile_path(template)[0], methods))
+        app.state.allow_index = index
+    return index
+
+
+def _allowed_methods(request: Request) -> str | None:
+    """Every method the request's path answers to. Starlette's 405 names only the methods of the
+    first route whose path matched, but a path has a route per method here (`GET` and `DELETE
+    /jobs/{id}`), and RFC 9110 wants them all in `Allow`."""
+    path = request.scope.get("path", "")
+    methods: set[str] = set()
+    for pattern, route_methods in _method_index(request.app):
+        if pattern.match(path):
+            methods |= route_methods
+    if not methods:
+        return None
+    return ", ".join(method for method in _METHOD_ORDER if method in methods)
+
+
 async def _http_exception_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     status = exc.status_code
     code = _HTTP_CODES.get(status, f"http_{status}")
     detail = exc.detail if isinstance(exc.detail, str) and exc.detail != _title(status) else None
     headers = dict(exc.headers or {})
+    if status == 405:
+        allowed = _allowed_methods(request)
+        if allowed is not None:
+            headers["Allow"] = allowed
     return problem_response(request, ApiProblem(status, code, detail, headers=headers))
 
 

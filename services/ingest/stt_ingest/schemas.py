@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from stt_common.db.models import JobStatus
 
 ContextMode = Literal["parallel", "chained"]
+# Free text ends up in Postgres (jsonb), which cannot store U+0000: refused as invalid input (422)
+# rather than failing at the insert (500).
+NO_NUL = r"^[^\x00]*$"
 ResultFormat = Literal["json", "txt", "srt", "vtt"]
 RESULT_FORMATS: tuple[ResultFormat, ...] = ("json", "txt", "srt", "vtt")
 
@@ -19,9 +22,10 @@ _BASE_EXAMPLE = "https://stt.example.com/api/v1/jobs/" + _JOB_ID_EXAMPLE
 
 
 class OutputOptions(BaseModel):
-    """What the transcript should contain (passed to the pipeline in `options.output`)."""
+    """What the transcript should contain (passed to the pipeline in `options.output`). The values
+    are JSON booleans (`true`/`false`; not `0` or `"yes"`), in a form field too."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     word_timestamps: bool = Field(default=False, description="Ask the provider for word-level timestamps.")
     speaker_labels: bool = Field(default=False, description="Ask the provider for speaker labels.")
@@ -60,9 +64,16 @@ class JobOptions(BaseModel):
         "http(s) to a public address.",
         examples=["https://hooks.example.com/stt"],
     )
-    prompt: str | None = Field(default=None, max_length=4000, description="Free-text hint for the provider.")
-    vocabulary: list[str] = Field(
-        default_factory=list, max_length=200, description="Words and names the provider should expect."
+    prompt: str | None = Field(
+        default=None,
+        max_length=4000,
+        pattern=NO_NUL,
+        description="Free-text hint for the provider (no NUL characters).",
+    )
+    vocabulary: list[Annotated[str, StringConstraints(pattern=NO_NUL)]] = Field(
+        default_factory=list,
+        max_length=200,
+        description="Words and names the provider should expect (no NUL characters).",
     )
     output: OutputOptions | None = None
     delete_after_seconds: int | None = Field(
@@ -83,8 +94,11 @@ class UrlSubmission(JobOptions):
         examples=["https://media.example.com/interview.mp3"],
     )
 
+    # Strict: a JSON body has real types, so `"60"` is not an integer. (Form fields are text and go
+    # through the lax `JobOptions`.)
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={
             "examples": [
                 {

@@ -324,3 +324,35 @@ def test_key_cli_lists_and_revokes(
     assert "no active key" in err
     code, out, _ = run("list")
     assert f"{created['id']}  {created['prefix']}  to revoke  tenant=t2  limit=default  revoked" in out
+
+
+def test_key_cli_rotates_the_webhook_secret(
+    infra_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import base64
+
+    for name, value in infra_env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr("stt_ingest.main.configure_logging", lambda *args, **kwargs: None)
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = main(["keys", *args])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    code, out, _ = run("create", "--name", "rotating", "--tenant", "t3", "--json")
+    created = json.loads(out)
+    code, out, err = run("rotate-webhook-secret", created["prefix"])
+    assert code == 0
+    secret = out.split("webhook_secret: ")[1].strip()
+    assert secret != created["webhook_secret"]
+    assert len(base64.b64decode(secret.removeprefix("whsec_"), validate=True)) == 32  # Standard Webhooks form
+    assert "not shown again" in err
+    code, out, _ = run("list", "--json")
+    assert secret not in out
+    run("revoke", created["id"])
+    code, _, err = run("rotate-webhook-secret", created["id"])
+    assert code == 1
+    assert "no active key" in err

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from pydantic import AfterValidator, BeforeValidator
 
 from stt_common.db.models import JobStatus
 from stt_common.s3 import ObjectNotFoundError, result_key
@@ -18,6 +20,29 @@ from stt_ingest.routes.common import StateDep, base_url
 from stt_ingest.schemas import JobEvents, JobPage, JobView, ResultFormat
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
+
+_ISO_DATE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+
+
+def _iso_only(value: object) -> object:
+    """Pydantic would also read `1700000000` or `0.5` as Unix timestamps; the API says ISO 8601."""
+    if isinstance(value, str) and not _ISO_DATE_TIME.match(value):
+        raise ValueError("must be an ISO 8601 date-time, e.g. 2026-11-24T10:00:00Z")
+    return value
+
+
+def _in_utc(value: datetime) -> datetime:
+    """UTC (no offset means UTC). `9999-12-31T23:59:59-23:59` parses but is past the last
+    representable instant in UTC: an invalid filter (422), not a failing query (500)."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as exc:
+        raise ValueError("is out of range") from exc
+
+
+IsoDateTime = Annotated[datetime, BeforeValidator(_iso_only), AfterValidator(_in_utc)]
 
 RESULT_MEDIA_TYPES: dict[str, str] = {
     "json": "application/json",
@@ -40,8 +65,12 @@ async def list_jobs(
     status: Annotated[
         list[JobStatus] | None, Query(description="Only jobs in these statuses (repeatable).")
     ] = None,
-    created_after: Annotated[datetime | None, Query(description="Created at or after (ISO 8601).")] = None,
-    created_before: Annotated[datetime | None, Query(description="Created before (ISO 8601).")] = None,
+    created_after: Annotated[
+        IsoDateTime | None, Query(description="Created at or after (ISO 8601; UTC when no offset).")
+    ] = None,
+    created_before: Annotated[
+        IsoDateTime | None, Query(description="Created before (ISO 8601; UTC when no offset).")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=100, description="Page size.")] = 20,
     cursor: Annotated[
         str | None, Query(max_length=512, description="`next_cursor` of the previous page.")

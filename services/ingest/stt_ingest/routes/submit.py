@@ -15,7 +15,7 @@ from stt_ingest.auth import PrincipalDep
 from stt_ingest.problems import ApiProblem, problem_responses
 from stt_ingest.ratelimit import RateDecision
 from stt_ingest.routes.common import StateDep, base_url
-from stt_ingest.schemas import Submitted, UrlSubmission
+from stt_ingest.schemas import NO_NUL, Submitted, UrlSubmission
 from stt_ingest.sniff import EXTENSIONS
 from stt_ingest.submit import Outcome, submit_upload, submit_url
 
@@ -55,8 +55,10 @@ IdempotencyHeader = Annotated[
     Header(
         alias=idempotency.HEADER,
         description="Makes the submission safe to retry: the same key with the same body returns the "
-        "original job; with a different body, 422. Kept for 24 hours.",
-        max_length=300,
+        "original job; with a different body, 422. Kept for 24 hours. 1-255 visible ASCII "
+        "characters (400 otherwise).",
+        # Documented only: `idempotency.parse_key` checks it, so that every bad key is the same 400.
+        json_schema_extra={"minLength": 1, "maxLength": 255, "pattern": r"^[\x21-\x7e]+$"},
     ),
 ]
 
@@ -98,10 +100,10 @@ _UPLOAD_BODY: dict[str, Any] = {
                         "maxLength": 2048,
                         "example": "https://hooks.example.com/stt",
                     },
-                    "prompt": {"type": "string", "maxLength": 4000},
+                    "prompt": {"type": "string", "maxLength": 4000, "pattern": NO_NUL},
                     "vocabulary": {
                         "type": "array",
-                        "items": {"type": "string"},
+                        "items": {"type": "string", "pattern": NO_NUL},
                         "description": "Repeat the field once per term.",
                     },
                     "output": {
@@ -112,7 +114,21 @@ _UPLOAD_BODY: dict[str, Any] = {
                     "delete_after_seconds": {"type": "integer", "minimum": 60},
                 },
             },
-            "encoding": {"file": {"contentType": "audio/*, video/*, application/octet-stream"}},
+            "encoding": {
+                "file": {
+                    "contentType": "audio/*, video/*, application/octet-stream",
+                    "headers": {
+                        "Content-Disposition": {
+                            "description": "The part's file name: its extension must be accepted and "
+                            "agree with the content.",
+                            "schema": {
+                                "type": "string",
+                                "example": 'form-data; name="file"; filename="interview.wav"',
+                            },
+                        }
+                    },
+                }
+            },
         }
     },
 }
