@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             port_base=args.port_base,
             chunks_topic_partitions=settings.chunks_topic_partitions,
             topic_partitions=settings.topic_partitions,
+            with_prometheus=True,
         )
         return COMMANDS[args.command][0](config, args)
     except (StackError, ValueError, ValidationError) as error:

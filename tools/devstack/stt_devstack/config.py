@@ -19,6 +19,7 @@ from pathlib import Path
 INGEST_HTTP = 0
 INGEST_OPS = 100
 KAFKA = 92
+PROMETHEUS = 90
 REDIS = 379
 POSTGRES = 432
 S3 = 333
@@ -57,6 +58,8 @@ class StackConfig:
     chunks_topic_partitions: int = 12
     topic_partitions: int = 3
     ready_timeout_seconds: float = 60.0
+    # A Prometheus scraping every service (the CLI's `up` turns it on; test sessions leave it off).
+    with_prometheus: bool = False
 
     def __post_init__(self) -> None:
         if not 1024 <= self.port_base <= 65535 - _MAX_OFFSET:
@@ -89,6 +92,10 @@ class StackConfig:
     @property
     def s3_port(self) -> int:
         return self.port(S3)
+
+    @property
+    def prometheus_port(self) -> int:
+        return self.port(PROMETHEUS)
 
     @property
     def ingest_port(self) -> int:
@@ -133,6 +140,11 @@ class StackConfig:
     @property
     def redis_dir(self) -> Path:
         return self.state_dir / "redis"
+
+    @property
+    def prometheus_dir(self) -> Path:
+        """`prometheus.yml` and the TSDB (`data/`)."""
+        return self.state_dir / "prometheus"
 
     @property
     def pg_root(self) -> Path:
