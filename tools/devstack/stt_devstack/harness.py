@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -47,10 +47,17 @@ class ServiceProcess:
     """One stage as its own OS process, with its own ops port and log file."""
 
     def __init__(
-        self, name: str, env: Mapping[str, str], log_dir: Path, *, module: str | None = None
+        self,
+        name: str,
+        env: Mapping[str, str],
+        log_dir: Path,
+        *,
+        module: str | None = None,
+        args: Sequence[str] = (),
     ) -> None:
         self.name = name
         self.module = module or f"stt_{name}"
+        self.args = tuple(args)  # after `python -m module`, e.g. ("loop",) for maintenance
         self.ops_port = free_port()
         self.env = {**env, "STT_OPS_PORT": str(self.ops_port), "STT_SERVICE_NAME": name}
         self.log_path = log_dir / f"{name}-{uuid.uuid4().hex[:6]}.log"
@@ -59,7 +66,10 @@ class ServiceProcess:
     def start(self) -> ServiceProcess:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", self.module], env=self.env, stdout=log, stderr=subprocess.STDOUT
+                [sys.executable, "-m", self.module, *self.args],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         return self
 

@@ -1,5 +1,6 @@
-"""The four infrastructure servers, each: which ports it needs, how to find an external one to reuse,
-how to start our own, how to tell that it answers, and how it wants to be stopped."""
+"""The infrastructure servers (the four the pipeline needs, and an optional Prometheus), each:
+which ports it needs, how to find an external one to reuse, how to start our own, how to tell that
+it answers, and how it wants to be stopped."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import shutil
 import signal
 import sys
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 
 import redis.asyncio as aioredis
@@ -28,6 +29,7 @@ from stt_common.apikeys import generate_api_key, hash_api_key
 from stt_common.db.models import ApiKey
 from stt_devstack.config import EXTERNAL_POSTGRES_PORT, EXTERNAL_REDIS_PORT, StackConfig
 from stt_devstack.procs import HOST, http_ok, process_start_time, spawn_detached, tcp_is_open
+from stt_devstack.services import SERVICES
 from stt_devstack.state import Component, StackError
 
 
@@ -409,4 +411,110 @@ class SeaweedFS(Server):
         return await http_ok(f"http://{HOST}:{port}/healthz")
 
 
+# -- Prometheus (optional) ------------------------------------------------------------------------
+
+PROMETHEUS_SCRAPE_INTERVAL = "2s"
+
+
+def prometheus_binary() -> str:
+    found = shutil.which("prometheus")
+    if found is None:
+        raise StackError("prometheus not found; apt-get install prometheus (the Debian package)")
+    return found
+
+
+def render_prometheus_config(
+    targets: Mapping[str, int], *, namespace: str, scrape_interval: str = PROMETHEUS_SCRAPE_INTERVAL
+) -> str:
+    """`prometheus.yml` scraping `/metrics` of each `name -> port` on 127.0.0.1. Each target gets the
+    labels Kubernetes service discovery would add (`namespace`, `pod`), so the chart's dashboard
+    queries select the same series here as in a cluster. JSON is valid YAML: no YAML library needed."""
+    config = {
+        "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
+        "scrape_configs": [
+            {
+                "job_name": "stt",
+                "metrics_path": "/metrics",
+                "static_configs": [
+                    {"targets": [f"{HOST}:{port}"], "labels": {"namespace": namespace, "pod": name}}
+                    for name, port in targets.items()
+                ],
+            }
+        ],
+    }
+    return json.dumps(config, indent=2) + "\n"
+
+
+def stack_scrape_targets(config: StackConfig) -> dict[str, int]:
+    """Every service's metrics port: ingest serves /metrics on its HTTP port, the workers on their
+    ops port."""
+    return {
+        service.name: config.port(service.http_offset)
+        if service.http_offset is not None
+        else service.ops_port(config)
+        for service in SERVICES
+    }
+
+
+async def start_prometheus(
+    *,
+    port: int,
+    directory: Path,
+    targets: Mapping[str, int],
+    log_path: Path,
+    namespace: str = "stt-local",
+    scrape_interval: str = PROMETHEUS_SCRAPE_INTERVAL,
+    name: str = "prometheus",
+) -> Component:
+    """A detached Prometheus on 127.0.0.1:`port`, config and TSDB under `directory`; stop it with
+    `procs.terminate(component, sig=SIGTERM)`. Tests call this with their own ports and targets."""
+    directory.mkdir(parents=True, exist_ok=True)
+    config_file = directory / "prometheus.yml"
+    config_file.write_text(
+        render_prometheus_config(targets, namespace=namespace, scrape_interval=scrape_interval)
+    )
+    argv = [
+        prometheus_binary(),
+        f"--config.file={config_file}",
+        f"--web.listen-address={HOST}:{port}",
+        f"--storage.tsdb.path={directory / 'data'}",
+        "--storage.tsdb.retention.time=2d",
+        # The Debian build would otherwise look for its console templates under /etc/prometheus.
+        f"--web.console.templates={directory / 'consoles'}",
+        f"--web.console.libraries={directory / 'console_libraries'}",
+    ]
+    return await spawn_detached(name, port, argv, env=os.environ, log_path=log_path)
+
+
+async def prometheus_ready(port: int) -> bool:
+    return await http_ok(f"http://{HOST}:{port}/-/ready")
+
+
+class Prometheus(Server):
+    """Not one of the pipeline's dependencies: started only with `StackConfig.with_prometheus`."""
+
+    name = "prometheus"
+
+    def port(self, config: StackConfig) -> int:
+        return config.prometheus_port
+
+    async def start(self, config: StackConfig) -> Component:
+        return await start_prometheus(
+            port=self.port(config),
+            directory=config.prometheus_dir,
+            targets=stack_scrape_targets(config),
+            log_path=self.log_path(config),
+        )
+
+    async def is_ready(self, port: int) -> bool:
+        return await prometheus_ready(port)
+
+
 INFRA: tuple[Server, ...] = (Postgres(), Redis(), Tansu(), SeaweedFS())
+PROMETHEUS = Prometheus()
+ALL_SERVERS: tuple[Server, ...] = (*INFRA, PROMETHEUS)
+
+
+def stack_servers(config: StackConfig) -> tuple[Server, ...]:
+    """The servers `up` starts for `config` (`down` and `status` look at ALL_SERVERS)."""
+    return ALL_SERVERS if config.with_prometheus else INFRA

@@ -17,6 +17,7 @@ from pydantic import SecretStr
 from stt_common.settings import Settings
 from stt_devstack.config import StackConfig
 from stt_devstack.infra import (
+    ALL_SERVERS,
     INFRA,
     Server,
     database_url,
@@ -25,6 +26,7 @@ from stt_devstack.infra import (
     ensure_dev_api_key,
     postgres_answers,
     s3_credentials,
+    stack_servers,
     write_private,
 )
 from stt_devstack.procs import HOST, is_running, require_free_ports, terminate, wait_ready
@@ -35,7 +37,8 @@ SECRET_VARIABLES = frozenset({"STT_API_KEY", "STT_S3_SECRET_ACCESS_KEY"})
 
 
 async def start_infra(config: StackConfig) -> dict[str, str]:
-    """Postgres, Redis, Kafka (Tansu) and S3 (SeaweedFS) up and provisioned; returns the env vars.
+    """Postgres, Redis, Kafka (Tansu) and S3 (SeaweedFS) up and provisioned, and Prometheus with
+    `config.with_prometheus`; returns the env vars.
 
     Idempotent: servers recorded as ours and still running are reused, external Postgres/Redis on
     their standard ports are reused when allowed, and only what is missing is started."""
@@ -47,7 +50,7 @@ async def start_infra(config: StackConfig) -> dict[str, str]:
 
     config.state_dir.mkdir(parents=True, exist_ok=True)
     state = StackState.load(config.state_file)
-    servers = await _ensure_servers(config, state)
+    servers = await _ensure_servers(config, state, stack_servers(config))
     postgres, redis, kafka, s3 = (servers[server.name] for server in INFRA)
 
     if (
@@ -108,10 +111,12 @@ def stack_settings(config: StackConfig, env: Mapping[str, str]) -> Settings:
     )
 
 
-async def _ensure_servers(config: StackConfig, state: StackState) -> dict[str, Component]:
+async def _ensure_servers(
+    config: StackConfig, state: StackState, servers: tuple[Server, ...]
+) -> dict[str, Component]:
     chosen: dict[str, Component] = {}
     to_start: list[Server] = []
-    for server in INFRA:
+    for server in servers:
         recorded = state.components.get(server.name)
         if recorded is not None and is_running(recorded):
             chosen[server.name] = recorded
@@ -121,7 +126,7 @@ async def _ensure_servers(config: StackConfig, state: StackState) -> dict[str, C
             to_start.append(server)
     # Check every port first, so a conflict fails before anything was started.
     require_free_ports({label: port for server in to_start for label, port in server.ports(config).items()})
-    for server in INFRA:
+    for server in servers:
         if server.name in chosen:
             state.components[server.name] = chosen[server.name]
     state.save(config.state_file)
@@ -133,7 +138,7 @@ async def _ensure_servers(config: StackConfig, state: StackState) -> dict[str, C
         chosen[server.name] = component
 
     await _gather(start(server) for server in to_start)
-    await _gather(_wait_server(config, server, chosen[server.name]) for server in INFRA)
+    await _gather(_wait_server(config, server, chosen[server.name]) for server in servers)
     return chosen
 
 
@@ -168,7 +173,7 @@ async def stop(config: StackConfig, *, purge: bool = False) -> None:
 
     `purge` also deletes the state dir (S3 data, keys, logs) and the throwaway Postgres cluster."""
     state = StackState.load(config.state_file)
-    infra_names = {server.name for server in INFRA}
+    infra_names = {server.name for server in ALL_SERVERS}
     services = [c for name, c in state.components.items() if name not in infra_names]
     await _gather(_stop_one(state, config, component, None) for component in services)
 
@@ -181,7 +186,7 @@ async def stop(config: StackConfig, *, purge: bool = False) -> None:
 
     await _gather(
         _stop_one(state, config, state.components[server.name], server)
-        for server in INFRA
+        for server in ALL_SERVERS
         if server.name in state.components
     )
     config.env_file.unlink(missing_ok=True)
@@ -218,10 +223,14 @@ async def status(config: StackConfig) -> list[ComponentStatus]:
     """One entry per component, each checked for real (protocol ping or GET /readyz)."""
     state = StackState.load(config.state_file)
     rows: list[ComponentStatus] = []
-    for server in INFRA:
+    for server in ALL_SERVERS:
         recorded = state.components.get(server.name)
         if recorded is None:
-            rows.append(ComponentStatus(server.name, server.port(config), None, False, False, "not started"))
+            if server in INFRA or config.with_prometheus:
+                rows.append(
+                    ComponentStatus(server.name, server.port(config), None, False, False, "not started")
+                )
+            continue
             continue
         alive = recorded.external or is_running(recorded)
         up = alive and await server.is_ready(recorded.port)
