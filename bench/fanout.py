@@ -18,6 +18,7 @@ from tests.fixtures.audio import silence_wav
 
 COUNTS = (1, 2, 4, 8)
 LATENCY_SECONDS = 2.0
+STALL_SECONDS = 180
 
 
 async def transcription_seconds(bench, job_id) -> float:  # type: ignore[no-untyped-def]
@@ -35,7 +36,7 @@ async def transcription_seconds(bench, job_id) -> float:  # type: ignore[no-unty
 
 
 async def main() -> None:
-    results = {}
+    results: dict[int, float | None] = {}
     async with bench_stack() as bench:
         # Content does not matter to the fake provider; a silent hour cuts exactly every 300 s.
         audio = silence_wav(bench.work / "hour.wav", 3600.0)
@@ -55,10 +56,18 @@ async def main() -> None:
                 await asyncio.gather(*(t.ready() for t in transcribers))
                 await asyncio.sleep(12)  # let the group settle: every member holds partitions
                 job_id = await bench.jobs.submit(audio, provider="openai")
-                job = await bench.jobs.wait_terminal(job_id, timeout=600)
-                assert job.status == JobStatus.COMPLETED, (job.error_code, job.error_message)
-                results[count] = await transcription_seconds(bench, job_id)
-                print(f"{count} transcriber(s): {results[count]:.2f} s for {job.chunks_total} chunks")
+                try:
+                    job = await bench.jobs.wait_terminal(job_id, timeout=STALL_SECONDS)
+                except AssertionError:
+                    # Seen with 8 members on the local Kafka-protocol broker: the group never settles.
+                    print(
+                        f"{count} transcriber(s): no progress within {STALL_SECONDS} s (group did not settle)"
+                    )
+                    results[count] = None
+                else:
+                    assert job.status == JobStatus.COMPLETED, (job.error_code, job.error_message)
+                    results[count] = await transcription_seconds(bench, job_id)
+                    print(f"{count} transcriber(s): {results[count]:.2f} s for {job.chunks_total} chunks")
                 for transcriber in transcribers:
                     transcriber.kill(signal.SIGTERM)
                     bench.started.remove(transcriber)
@@ -67,8 +76,11 @@ async def main() -> None:
         {
             "provider_latency_seconds": LATENCY_SECONDS,
             "chunks": 12,
-            "transcription_seconds": {str(k): round(v, 2) for k, v in results.items()},
-            "speedup_over_one": {str(k): round(results[1] / v, 2) for k, v in results.items()},
+            "transcription_seconds": {str(k): None if v is None else round(v, 2) for k, v in results.items()},
+            "speedup_over_one": {
+                str(k): None if v is None or results[1] is None else round(results[1] / v, 2)
+                for k, v in results.items()
+            },
             "target_speedup_at_4": 3.3,
         },
     )
