@@ -1,11 +1,17 @@
 """200 concurrent clients polling `GET /api/v1/jobs/{id}` of a real ingest process for 20 s.
 
 A few jobs (with chunks, so progress is computed) are entered directly in the database for one API
-key; 200 client tasks (one httpx client, at most 200 connections) each loop over them after a 2 s
-warm-up. GETs are not rate limited. Prints and writes bench/results/ingest_get.json: requests per
-second, p50/p99/max latency of the answered requests, errors (any non-200 answer or transport
-error), and ingest's CPU time and peak RSS over the run. Client and server share this machine.
-Run: `make bench-ingest-get` (or `PYTHONPATH=. .venv/bin/python -m bench.ingest_get`).
+key; 200 client tasks loop over them, after a 2 s warm-up. GETs are not rate limited. Prints and
+writes bench/results/ingest_get.json: requests per second, p50/p99/max latency of the answered
+requests, errors (any non-200 answer or transport error), and ingest's CPU time and peak RSS over the
+run. Client and server share this machine, so the figures are for the two together.
+
+Connections: 200 in all, one per client (each task has its own httpx client limited to one
+connection). One shared `httpx.AsyncClient` with a limit of 200 measures httpx's pool rather than
+ingest: its pool bookkeeping grows with the number of connections (encode/httpx#3215); here it
+reached about 50 requests/s with the client process at 100% of a core and ingest at 20%.
+`BENCH_SHARED_CLIENT=1` runs that way, for comparison. `BENCH_CLIENTS` and `BENCH_SECONDS` override
+the load. Run: `make bench-ingest-get` (or `PYTHONPATH=. .venv/bin/python -m bench.ingest_get`).
 """
 
 from __future__ import annotations
@@ -146,7 +152,8 @@ async def main() -> None:
             "ingest_get",
             {
                 "clients": CLIENTS,
-                "connection_limit": CLIENTS,
+                "connections": CLIENTS,
+                "shared_client": bool(os.environ.get("BENCH_SHARED_CLIENT")),
                 "seconds": round(wall, 2),
                 "jobs_polled": len(job_ids),
                 "requests_ok": len(latencies),

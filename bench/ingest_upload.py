@@ -136,7 +136,11 @@ async def main() -> None:
             assert (await bench.store.head(key))["ContentLength"] == size
             await bench.store.delete(key)
 
-            elapsed, job_id = await upload_through_ingest(base_url, created.api_key, path)
+            try:
+                elapsed, job_id = await upload_through_ingest(base_url, created.api_key, path)
+            except AssertionError:
+                print(ingest.log()[-6000:])
+                raise
             ingest_seconds.append(elapsed)
             peaks.append(peak_rss_mb(pid))
             assert (await bench.store.head(original_key(job_id)))["ContentLength"] == size

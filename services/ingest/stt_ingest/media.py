@@ -69,7 +69,7 @@ class MediaStream:
             raise MediaTooLargeError(self._max_bytes)
 
     async def blocks(self) -> AsyncIterator[bytes | memoryview]:
-        """Every byte of the file, in order; hashes as it goes."""
+        """Every byte of the file, in order; hashes as it goes (unless `hashed=False`)."""
         if self.detected is None:
             await self.prime()
         digest = self._sha256

@@ -54,7 +54,9 @@ class PartBody(Payload):
     calls `write`. Both read the one memoryview. (A `bytes` body is copied once more by aiohttp: on
     Python < 3.12.9 it joins the request head and the body into one buffer; a `bytearray` twice.)
     The first write, which aiohttp joins with the head, is kept small; the rest goes to the
-    transport as a view of the buffer."""
+    transport as a view of the buffer. Like any file-like body, it makes botocore send
+    `Expect: 100-continue` (S3 and SeaweedFS answer it). This relies on aiobotocore's default
+    aiohttp session, which `ObjectStore` uses."""
 
     _autoclose = True
 

@@ -6,11 +6,11 @@ Upload, step by step (nothing is held whole in memory or written to local disk):
    (small, bounded); at the file part its first bytes are sniffed and the extension checked, so a
    wrong file is refused (415/422) before anything is created.
 2. The job row is inserted as PENDING (and an Idempotency-Key reserved) and committed.
-3. The file streams into `jobs/{id}/original` through `ObjectStore.upload_stream` (S3 multipart,
-   one part in memory). A running byte count stops it at `max_upload_bytes`: 413, the multipart
-   upload is aborted and the object deleted. The request body as a whole is bounded too, and a
-   Content-Length above the bound is refused before reading (a Content-Length that lies is
-   harmless: only the running count matters).
+3. The file streams into `jobs/{id}/original` through `IngestStore.upload_stream` (S3 multipart,
+   two part buffers in memory: one filling while the other is sent). A running byte count stops
+   it at `max_upload_bytes`: 413, the multipart upload is aborted and the object deleted. The
+   request body as a whole is bounded too, and a Content-Length above the bound is refused before
+   reading (a Content-Length that lies is harmless: only the running count matters).
 4. Fields after the file are read; all options are validated.
 5. PENDING → UPLOADED (conditional, with a timeline row), idempotency digest recorded, commit.
 6. `stt.jobs.submitted` is produced, then 202 with the job id and `Location`. If the broker does not

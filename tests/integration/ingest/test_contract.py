@@ -15,7 +15,9 @@ real sockets are `test_streaming.py`'s subject.
 The key owns jobs in every interesting state (completed with results, failed, cancelled, running),
 and valid generated job ids are swapped for theirs half the time, so the job operations answer more
 than 404; operations that change or delete a job get jobs of their own, so that they do not take
-the others' away. Uploads get a real WAV half the time, so they are accepted (202) as well as refused.
+the others' away. Every other submission gets a real WAV as its file or a fetchable public URL (and
+the default provider and no webhook), so its other fields get past validation, into the database:
+that is how NUL characters in `prompt`/`vocabulary` were found to fail the insert (500).
 
 Bounded in time: `CONTRACT_EXAMPLES` (default 25) examples per operation, no shrinking, a fixed
 seed; about 30 s. Raise `CONTRACT_EXAMPLES` for a longer hunt.
@@ -267,7 +269,7 @@ SWAPS: dict[str, int] = {}
 @schema.parametrize()
 @hypothesis.settings(
     deadline=None,
-    derandomize=False,
+    derandomize=True,
     suppress_health_check=list(hypothesis.HealthCheck),
     phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate],
 )
@@ -281,9 +283,7 @@ def test_every_answer_matches_the_openapi_document(
     SWAPS[path] = SWAPS.get(path, 0) + 1
     if SWAPS[path] % 2 == 0:
         case.body = _with_media(path, case.body)
-    response = case.call_and_validate(headers={"X-API-Key": contract_key.plaintext}, checks=CHECKS)
-    if os.environ.get("CONTRACT_STATS"):
-        print("STAT", case.operation.label, response.status_code)
+    case.call_and_validate(headers={"X-API-Key": contract_key.plaintext}, checks=CHECKS)
 
     # The fetcher connects to checked addresses only: whatever it tried must have been public.
     assert not [url for url in no_egress if not _is_public_address(httpx.URL(url).host)], no_egress
