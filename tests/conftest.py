@@ -4,9 +4,7 @@ so tests never touch a developer's `make up` data."""
 
 from __future__ import annotations
 
-import asyncio
 import os
-import subprocess
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -16,13 +14,12 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from stt_common.db.engine import make_engine, make_sessionmaker
-from stt_common.kafka import ensure_topics
 from stt_common.s3 import ObjectStore
 from stt_common.settings import Settings
 from stt_devstack.config import StackConfig
-from stt_devstack.infra import autocommit_engine, tansu_binary
+from stt_devstack.infra import autocommit_engine
 from stt_devstack.stack import stack_settings, start_infra, stop
-from tests.helpers import free_port, wait_until
+from tests.helpers import private_broker
 
 TEST_PORT_BASE = int(os.environ.get("STT_TEST_PORT_BASE", "20000"))
 
@@ -83,35 +80,5 @@ async def scratch_database(settings: Settings) -> AsyncIterator[str]:
 async def fresh_kafka(settings: Settings) -> AsyncIterator[str]:
     """A broker of the test's own (in-memory) with the pipeline's topics: no offsets or messages
     left over from other tests."""
-    port = free_port()
-    address = f"127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [
-            str(tansu_binary()),
-            "broker",
-            "--listener-url",
-            f"tcp://{address}",
-            "--advertised-listener-url",
-            f"tcp://{address}",
-            "--storage-engine",
-            "memory://tansu/",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-    async def accepting() -> bool:
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            return False
-        writer.close()
-        return True
-
-    try:
-        await wait_until(accepting, timeout=10, what="tansu accepts connections")
-        await ensure_topics(settings.model_copy(update={"kafka_bootstrap_servers": address}))
+    async with private_broker(settings) as address:
         yield address
-    finally:
-        proc.terminate()
-        proc.wait(10)

@@ -7,11 +7,8 @@ so nothing else in the shared test database is ever old enough to be touched by 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import subprocess
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,11 +17,8 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from stt_common.db.models import Chunk, ChunkStatus, Job, JobEvent, JobStatus, WebhookDelivery
-from stt_common.kafka import ensure_topics
 from stt_common.settings import Settings
-from stt_devstack.infra import tansu_binary
 from stt_ingest import keys
-from tests.helpers import free_port, wait_until
 
 # Thresholds the tests run maintenance with: far beyond any job the rest of the suite leaves
 # behind, so only jobs these tests age on purpose are stale.
@@ -207,41 +201,3 @@ def with_overrides(settings: Settings, cls: type[Any], **overrides: Any) -> Any:
     values = {**settings.model_dump(), "development": True, "kafka_enable_idempotence": False}
     values.update(overrides)
     return cls(**values)
-
-
-@contextlib.asynccontextmanager
-async def private_broker(settings: Settings) -> AsyncIterator[str]:
-    """A Kafka-protocol broker (in-memory Tansu) of our own, with the pipeline's topics: a notifier
-    on it hears only the triggers these tests produce, never the rest of the suite's."""
-    port = free_port()
-    address = f"127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [
-            str(tansu_binary()),
-            "broker",
-            "--listener-url",
-            f"tcp://{address}",
-            "--advertised-listener-url",
-            f"tcp://{address}",
-            "--storage-engine",
-            "memory://tansu/",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-    async def accepting() -> bool:
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            return False
-        writer.close()
-        return True
-
-    try:
-        await wait_until(accepting, timeout=10, what="tansu accepts connections")
-        await ensure_topics(settings.model_copy(update={"kafka_bootstrap_servers": address}))
-        yield address
-    finally:
-        proc.terminate()
-        proc.wait(10)

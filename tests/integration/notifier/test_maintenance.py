@@ -31,13 +31,13 @@ from stt_common.settings import Settings
 from stt_maintenance.report import Summary
 from stt_maintenance.settings import DEFAULT_LOCK_ID, MaintenanceSettings
 from stt_maintenance.sweep import Maintenance
+from tests.helpers import private_broker
 from tests.integration.ingest.conftest import messages_for
 from tests.integration.notifier.factory import (
     AGED,
     STALE_SECONDS,
     JobFactory,
     Owner,
-    private_broker,
     with_overrides,
 )
 
