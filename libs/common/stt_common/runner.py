@@ -20,7 +20,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -336,8 +335,3 @@ async def serve_stage(
                 with contextlib.suppress(Exception):
                     loop.remove_signal_handler(sig)
             await ops.stop()
-
-
-def stage_kwargs(**extra: Any) -> dict[str, Any]:
-    """Helper for tests: keyword arguments accepted by `serve_stage`, for readability."""
-    return extra
