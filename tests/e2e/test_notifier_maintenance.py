@@ -39,7 +39,7 @@ from stt_maintenance.main import SKIPPED_LINE
 from stt_maintenance.settings import DEFAULT_LOCK_ID
 from tests.fakes.webhook_receiver import WebhookReceiver, serve_receiver
 from tests.fixtures.audio import ESPEAK_VOICE, ESPEAK_WPM, espeak_wav
-from tests.helpers import free_port, wait_until
+from tests.helpers import free_port, private_broker, wait_until
 from tests.integration.ingest.conftest import messages_for
 from tests.integration.notifier.factory import (
     AGED,
@@ -47,7 +47,6 @@ from tests.integration.notifier.factory import (
     JobFactory,
     Owner,
     make_owner,
-    private_broker,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
