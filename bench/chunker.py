@@ -1,11 +1,16 @@
 """The chunker on a 60-minute MP3: wall time against a bare `ffmpeg -i in.mp3 -f null -` decode of the
 same file (target <= 1.5x) and the chunker process's peak RSS (target < 200 MB).
 
+The same job runs three times; each run records the handler's steps (download, decode while planning
+and uploading, then the chunks left when ffmpeg exits) and the CPU seconds of the chunker, its ffmpeg
+and the S3 server, which on a small machine competes with them for the same cores.
+
 Writes bench/results/chunker.json. Run: `make bench-chunker`."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import threading
 import time
@@ -17,6 +22,9 @@ from bench._stack import bench_stack, peak_rss_mb, write_result
 from stt_common.db.models import JobStatus
 from stt_devstack.harness import wait_until
 from tests.fixtures.audio import ESPEAK_VOICE, ESPEAK_WPM, espeak_wav, to_format, varied_sentences
+
+RUNS = 3
+STEPS = ("download_seconds", "decode_seconds", "upload_tail_seconds")
 
 
 def children_peak_rss_mb(pid: int, stop: threading.Event, peak: list[float]) -> None:
@@ -51,22 +59,46 @@ async def main() -> None:
         # Ready means dependencies answer; wait until the group has given it the topic's partitions too.
         await wait_until(lambda: "partitions assigned" in chunker.log(), timeout=60, what="chunker assigned")
         assert chunker.proc is not None
+        s3_server = s3_server_pid(bench.work)
+        runs = []
         stop, child_peak = threading.Event(), [0.0]
         sampler = threading.Thread(target=children_peak_rss_mb, args=(chunker.proc.pid, stop, child_peak))
         sampler.start()
-        started = time.perf_counter()
-        job_id = await bench.jobs.submit(mp3)
-        job = await bench.jobs.wait_status(job_id, JobStatus.TRANSCRIBING, timeout=600)
-        chunker_seconds = time.perf_counter() - started
+        for _ in range(RUNS):
+            cpu_before = (*cpu_seconds(chunker.proc.pid), cpu_seconds(s3_server)[0])
+            started = time.perf_counter()
+            job_id = await bench.jobs.submit(mp3)
+            job = await bench.jobs.wait_status(job_id, JobStatus.TRANSCRIBING, timeout=600)
+            chunker_seconds = time.perf_counter() - started
+            cpu_after = (*cpu_seconds(chunker.proc.pid), cpu_seconds(s3_server)[0])
+            cpu = dict(
+                zip(
+                    ("chunker", "ffmpeg", "s3_server"),
+                    (round(after - before, 2) for after, before in zip(cpu_after, cpu_before, strict=True)),
+                    strict=True,
+                )
+            )
+            async with bench.sessions() as session:
+                detail = (
+                    await session.execute(
+                        text(
+                            "SELECT detail FROM job_events WHERE job_id = :id AND to_status = 'TRANSCRIBING'"
+                        ),
+                        {"id": job_id},
+                    )
+                ).scalar_one()
+            runs.append(
+                {
+                    "submit_to_chunked_seconds": round(chunker_seconds, 2),
+                    "chunker_handler_seconds": detail["chunking_seconds"],
+                    "steps_seconds": {k: detail[k] for k in STEPS if k in detail},
+                    "cpu_seconds": cpu,
+                }
+            )
         stop.set()
         sampler.join()
-        async with bench.sessions() as session:
-            detail = (
-                await session.execute(
-                    text("SELECT detail FROM job_events WHERE job_id = :id AND to_status = 'TRANSCRIBING'"),
-                    {"id": job_id},
-                )
-            ).scalar_one()
+        best = min(runs, key=lambda run: run["chunker_handler_seconds"])
+        handler_seconds = sorted(run["chunker_handler_seconds"] for run in runs)
         write_result(
             "chunker",
             {
@@ -74,16 +106,37 @@ async def main() -> None:
                 "mp3_bytes": mp3.stat().st_size,
                 "chunks": job.chunks_total,
                 "ffmpeg_decode_seconds": round(ffmpeg_seconds, 2),
-                "submit_to_chunked_seconds": round(chunker_seconds, 2),
-                "chunker_handler_seconds": detail["chunking_seconds"],
-                "chunker_steps_seconds": {k: v for k, v in detail.items() if k.endswith("_seconds")},
-                "ratio_to_ffmpeg_decode": round(detail["chunking_seconds"] / ffmpeg_seconds, 2),
+                "chunker_handler_seconds_median": handler_seconds[len(handler_seconds) // 2],
+                "ratio_to_ffmpeg_decode_median": round(
+                    handler_seconds[len(handler_seconds) // 2] / ffmpeg_seconds, 2
+                ),
+                "ratio_to_ffmpeg_decode_best": round(best["chunker_handler_seconds"] / ffmpeg_seconds, 2),
                 "target_ratio": 1.5,
+                "runs": runs,
                 "chunker_peak_rss_mb": round(peak_rss_mb(chunker.proc.pid), 1),
                 "ffmpeg_child_peak_rss_mb": round(child_peak[0], 1),
                 "target_peak_rss_mb": 200,
             },
         )
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(the process's own CPU seconds, its reaped children's), from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
+
+
+def s3_server_pid(work: Path) -> int:
+    """The bench stack's SeaweedFS: on a 2-core machine its CPU competes with the chunker's."""
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"weed") and any(str(work).encode() in arg for arg in argv):
+            return int(entry.name)
+    raise RuntimeError("the bench stack's SeaweedFS process was not found")
 
 
 if __name__ == "__main__":

@@ -14,11 +14,13 @@ from pathlib import Path
 import pytest
 
 from stt_chunker.audio import (
+    WAV_HEADER_BYTES,
     MediaTimeoutError,
-    cut_chunk,
     normalise,
+    normalised_seconds_written,
     probe,
     quietest_point,
+    wav_chunk_blocks,
     wav_duration,
 )
 from stt_chunker.plan import plan_chunks
@@ -302,12 +304,20 @@ def test_quietest_point_without_silence_and_in_silence(media_dir: Path) -> None:
 # cutting
 
 
-async def test_cut_chunk_copies_exactly_that_range(
+def cut_chunk(source: Path, start: float, end: float, dst: Path) -> float:
+    """What the chunker uploads for a window, written to a file; returns its duration."""
+    with dst.open("wb") as handle:
+        for block in wav_chunk_blocks(source, start, end, block_frames=10_000):
+            handle.write(block)
+    return wav_duration(dst)
+
+
+def test_cut_chunk_copies_exactly_that_range(
     media_dir: Path, speech: tuple[Path, list[tuple[float, float, str]]]
 ) -> None:
     source = speech[0]
     chunk = media_dir / "chunk.wav"
-    duration = await cut_chunk(source, 1.25, 4.5, chunk)
+    duration = cut_chunk(source, 1.25, 4.5, chunk)
     assert duration == pytest.approx(3.25)
     assert wav_duration(chunk) == pytest.approx(3.25)
     assert wav_params(chunk) == (1, 2, 16_000)
@@ -318,16 +328,15 @@ async def test_cut_chunk_copies_exactly_that_range(
         assert reader.readframes(reader.getnframes()) == expected
 
 
-async def test_cut_chunk_clamps_to_the_file_and_refuses_empty_ranges(
+def test_cut_chunk_clamps_to_the_file_and_refuses_empty_ranges(
     media_dir: Path, speech: tuple[Path, object]
 ) -> None:
     source = speech[0]
     total = wav_duration(source)
     tail = media_dir / "tail.wav"
-    assert await cut_chunk(source, total - 1.0, total + 50.0, tail) == pytest.approx(1.0)
+    assert cut_chunk(source, total - 1.0, total + 50.0, tail) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="empty chunk"):
-        await cut_chunk(source, total + 1.0, total + 5.0, media_dir / "nothing.wav")
-    assert not (media_dir / "nothing.wav").exists()
+        next(wav_chunk_blocks(source, total + 1.0, total + 5.0))
 
 
 async def test_plan_with_real_quiet_points_never_cuts_a_sentence(media_dir: Path) -> None:
@@ -350,7 +359,7 @@ async def test_plan_with_real_quiet_points_never_cuts_a_sentence(media_dir: Path
         assert any(c.start <= start and end <= c.end for c in chunks)
     for chunk in chunks:
         path = media_dir / f"{chunk.index:04d}.wav"
-        assert await cut_chunk(normalised, chunk.start, chunk.end, path) == pytest.approx(
+        assert cut_chunk(normalised, chunk.start, chunk.end, path) == pytest.approx(
             chunk.duration, abs=1 / 16_000
         )
 
@@ -387,6 +396,27 @@ async def test_an_hour_normalises_in_bounded_memory(long_input: Path, media_dir:
     windows = plan_chunks(duration, quietest=lambda start, end: quietest_point(dst, start, end))
     assert len(windows) == 12
     last = media_dir / "hour-last.wav"
-    assert await cut_chunk(dst, windows[-1].start, windows[-1].end, last) == pytest.approx(
+    assert cut_chunk(dst, windows[-1].start, windows[-1].end, last) == pytest.approx(
         windows[-1].duration, abs=1 / 16_000
     )
+
+
+async def test_chunks_cut_while_ffmpeg_writes_are_final(long_input: Path, media_dir: Path) -> None:
+    """The chunker cuts chunks out of the WAV ffmpeg is still writing (header not yet filled in)."""
+    dst = media_dir / "growing.wav"
+    decoding = asyncio.create_task(normalise(long_input, dst))
+    written = [0.0]
+    while not decoding.done() and written[-1] < 900:
+        await asyncio.sleep(0.005)
+        written.append(normalised_seconds_written(dst))
+    assert not decoding.done(), "ffmpeg finished before the test could look at a growing file"
+    assert written == sorted(written)
+    early_chunk = b"".join(wav_chunk_blocks(dst, 295.0, 605.0))
+    early_quiet = quietest_point(dst, 590.0, 610.0)
+    assert await decoding == pytest.approx(3600.0, abs=0.01)
+
+    assert normalised_seconds_written(dst) == pytest.approx(3600.0, abs=0.01)
+    assert dst.stat().st_size == WAV_HEADER_BYTES + 3600 * 16_000 * 2
+    assert early_chunk == b"".join(wav_chunk_blocks(dst, 295.0, 605.0))
+    assert len(early_chunk) == WAV_HEADER_BYTES + 310 * 16_000 * 2
+    assert early_quiet == quietest_point(dst, 590.0, 610.0)

@@ -37,14 +37,26 @@ async def test_streamed_multipart_upload_and_download(store: ObjectStore, tmp_pa
 
     key = f"tests/{uuid.uuid4()}/big"
     assert await store.upload_stream(key, blocks()) == 20 * len(payload)
+    assert "-" in (await store.head(key))["ETag"]  # a multipart object's ETag counts its parts
     target = tmp_path / "big"
     assert await store.download_file(key, target) == 20 * len(payload)
     with target.open("rb") as handle:
         assert all(handle.read(len(payload)) == payload for _ in range(20))
 
 
+async def test_a_short_stream_is_one_put(store: ObjectStore) -> None:
+    async def blocks() -> AsyncIterator[bytes]:
+        for _ in range(3):
+            yield b"x" * 1024 * 1024
+
+    key = f"tests/{uuid.uuid4()}/small"
+    assert await store.upload_stream(key, blocks()) == 3 * 1024 * 1024
+    assert "-" not in (await store.head(key))["ETag"]
+    assert await store.get_bytes(key) == b"x" * 3 * 1024 * 1024
+
+
 async def test_failed_stream_leaves_no_object(store: ObjectStore) -> None:
-    store.multipart_chunk = 5 * 1024 * 1024
+    store.multipart_threshold = store.multipart_chunk = 5 * 1024 * 1024  # a part is sent before the error
 
     async def blocks() -> AsyncIterator[bytes]:
         for _ in range(7):

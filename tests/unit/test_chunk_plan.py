@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stt_chunker.plan import ChunkWindow, max_chunk_seconds, plan_chunks
+from stt_chunker.plan import ChunkPlanner, ChunkWindow, max_chunk_seconds, plan_chunks
 
 
 def spans(chunks: list[ChunkWindow]) -> list[tuple[float, float]]:
@@ -195,3 +195,55 @@ def test_plan_invariants(
         assert len(chunks) == 1
     # never many more chunks than the nominal count
     assert len(chunks) <= max(1, math.ceil(duration / max(chunk_seconds - search / 2, 1e-9)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    duration=st.floats(min_value=0, max_value=4 * 3600, allow_nan=False),
+    chunk_seconds=st.floats(min_value=30, max_value=900),
+    overlap_fraction=st.floats(min_value=0, max_value=0.3),
+    search_fraction=st.floats(min_value=0, max_value=0.6),
+    progress=st.lists(st.floats(min_value=0, max_value=1), max_size=40),
+    answers=st.lists(st.floats(min_value=-0.5, max_value=1.5), min_size=1, max_size=50),
+)
+def test_planning_while_decoding_gives_the_same_plan(
+    duration: float,
+    chunk_seconds: float,
+    overlap_fraction: float,
+    search_fraction: float,
+    progress: list[float],
+    answers: list[float],
+) -> None:
+    """Chunks handed out as the audio arrives are final: the same as planning the whole recording."""
+    overlap, search = chunk_seconds * overlap_fraction, chunk_seconds * search_fraction
+
+    def quietest(low: float, high: float) -> float:
+        # A pure function of the window, as a quiet point of fixed audio is.
+        return low + (high - low) * answers[int(low) % len(answers)]
+
+    planner = ChunkPlanner(
+        chunk_seconds=chunk_seconds, overlap_seconds=overlap, search_window_seconds=search, quietest=quietest
+    )
+    streamed: list[ChunkWindow] = []
+    for fraction in sorted(progress):
+        streamed.extend(planner.advance(duration * fraction))
+    streamed.extend(planner.finish(duration))
+    whole = plan_chunks(
+        duration,
+        chunk_seconds=chunk_seconds,
+        overlap_seconds=overlap,
+        search_window_seconds=search,
+        quietest=quietest,
+    )
+    assert streamed == whole
+
+
+def test_chunks_are_handed_out_as_soon_as_their_boundary_is_certain() -> None:
+    planner = ChunkPlanner(quietest=lambda low, high: low + 4.0)
+    assert planner.advance(324.9) == []  # the search reaches 310 s; 15 s of tail must follow it
+    assert planner.advance(325.0) == [ChunkWindow(0, 0.0, 299.0)]
+    assert planner.advance(325.0) == []  # nothing twice
+    assert planner.advance(1000.0) == [ChunkWindow(1, 289.0, 593.0), ChunkWindow(2, 583.0, 887.0)]
+    assert planner.finish(1000.0) == [ChunkWindow(3, 877.0, 1000.0)]
+    with pytest.raises(RuntimeError, match="finished"):
+        planner.advance(2000.0)

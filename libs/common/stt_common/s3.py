@@ -152,10 +152,12 @@ class ObjectStore:
         *,
         content_type: str = "application/octet-stream",
     ) -> int:
-        """Upload a stream of any length with memory bounded by one part; returns the bytes written.
+        """Upload a stream of any length; returns the bytes written.
 
-        If the stream raises (a size limit, a client that went away), the multipart upload is
-        aborted so no partial object or orphaned parts are left, and the error propagates."""
+        A stream shorter than the multipart threshold goes up in one PUT; a longer one as a
+        multipart upload, so memory stays bounded by the threshold. If the stream raises (a size
+        limit, a client that went away), the multipart upload is aborted so no partial object or
+        orphaned parts are left, and the error propagates."""
         buffer = bytearray()
         total = 0
         upload_id: str | None = None
@@ -164,6 +166,8 @@ class ObjectStore:
             async for block in blocks:
                 buffer.extend(block)
                 total += len(block)
+                if upload_id is None and len(buffer) < max(self.multipart_threshold, self.multipart_chunk):
+                    continue
                 while len(buffer) >= self.multipart_chunk:
                     if upload_id is None:
                         created = await self._client.create_multipart_upload(

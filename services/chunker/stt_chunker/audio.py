@@ -21,9 +21,11 @@ import operator
 import os
 import re
 import statistics
+import struct
 import sys
 import wave
 from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,8 @@ SAMPLE_RATE = 16_000
 """The normalised format: 16 kHz, mono, signed 16-bit little-endian PCM in a WAV container."""
 CHANNELS = 1
 SAMPLE_WIDTH = 2
+WAV_HEADER_BYTES = 44
+""":func:`normalise` writes a bare canonical header (no encoder tags), so samples start here."""
 
 ALLOWED_DEMUXERS: tuple[str, ...] = (
     "mp3", "mov", "mp4", "m4a", "3gp", "3g2", "mj2", "ogg", "flac", "matroska", "webm", "avi",
@@ -419,39 +423,51 @@ def quietest_point(wav_path: StrPath, start_s: float, end_s: float, *, frame_ms:
     return min(max(window_start + position * frame_s, start_s), end_s)
 
 
-def _cut_sync(wav_path: StrPath, start_s: float, end_s: float, dst: StrPath) -> float:
+def _wav_header(frames: int, *, rate: int, channels: int, width: int) -> bytes:
+    """The canonical 44-byte header of a PCM WAV file holding ``frames`` frames."""
+    data = frames * channels * width
+    return struct.pack(
+        "<4sI4s4sIHHIIHH4sI",
+        b"RIFF", 36 + data, b"WAVE",
+        b"fmt ", 16, 1, channels, rate, rate * channels * width, channels * width, 8 * width,
+        b"data", data,
+    )  # fmt: skip
+
+
+def wav_chunk_blocks(
+    wav_path: StrPath, start_s: float, end_s: float, *, block_frames: int = _WAV_BLOCK_FRAMES
+) -> Iterator[bytes]:
+    """``[start_s, end_s]`` of a PCM WAV as a WAV file of its own, in blocks: the header, then frames.
+
+    Times are rounded to the nearest sample and clamped to the file; an empty range is a
+    ValueError. Memory holds one block, so a chunk of any length can be streamed to S3. The source
+    may still be growing (ffmpeg writing it) as long as the range has already been written.
+    """
     with wave.open(os.fspath(wav_path), "rb") as reader:
-        rate = reader.getframerate()
+        rate, channels, width = reader.getframerate(), reader.getnchannels(), reader.getsampwidth()
         total = reader.getnframes()
         first = min(total, max(0, round(start_s * rate)))
         last = min(total, max(0, round(end_s * rate)))
         if last <= first:
             raise ValueError(f"empty chunk: [{start_s}, {end_s}] of a {total / rate:.3f} s file")
+        yield _wav_header(last - first, rate=rate, channels=channels, width=width)
         reader.setpos(first)
-        with wave.open(os.fspath(dst), "wb") as writer:
-            writer.setnchannels(reader.getnchannels())
-            writer.setsampwidth(reader.getsampwidth())
-            writer.setframerate(rate)
-            writer.setnframes(last - first)
-            remaining = last - first
-            while remaining > 0:
-                data = reader.readframes(min(remaining, _WAV_BLOCK_FRAMES))
-                if not data:
-                    raise EOFError(f"{wav_path} ended before its header said it would")
-                writer.writeframesraw(data)
-                remaining -= len(data) // (reader.getsampwidth() * reader.getnchannels())
-    return (last - first) / rate
+        remaining = last - first
+        while remaining > 0:
+            data = reader.readframes(min(remaining, block_frames))
+            if not data:
+                raise EOFError(f"{wav_path} ended before the chunk did")
+            yield data
+            remaining -= len(data) // (width * channels)
 
 
-async def cut_chunk(wav_path: StrPath, start_s: float, end_s: float, dst: StrPath) -> float:
-    """Write ``[start_s, end_s]`` of a PCM WAV as its own WAV (same format) at ``dst``.
+def normalised_seconds_written(wav_path: StrPath) -> float:
+    """Seconds of audio :func:`normalise` has written so far to ``wav_path`` (0 before it starts).
 
-    Times are rounded to the nearest sample and clamped to the file; returns the chunk's duration.
-    The copy is a plain frame-range read in blocks, run in a worker thread.
+    Reads the file size, not the header: ffmpeg fills the header in only when it finishes.
     """
     try:
-        return await asyncio.to_thread(_cut_sync, wav_path, start_s, end_s, dst)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(dst)
-        raise
+        size = os.stat(wav_path).st_size
+    except FileNotFoundError:
+        return 0.0
+    return max(0, size - WAV_HEADER_BYTES) // (SAMPLE_WIDTH * CHANNELS) / SAMPLE_RATE

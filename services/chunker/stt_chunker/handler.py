@@ -11,14 +11,22 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import time
+import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from sqlalchemy import func
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from stt_chunker.audio import cut_chunk, normalise, probe, quietest_point
-from stt_chunker.plan import ChunkWindow, plan_chunks
+from stt_chunker.audio import (
+    SAMPLE_RATE,
+    normalise,
+    normalised_seconds_written,
+    quietest_point,
+    wav_chunk_blocks,
+)
+from stt_chunker.plan import ChunkPlanner, ChunkWindow
 from stt_chunker.settings import ChunkerSettings
 from stt_common.db.jobs import transition_job
 from stt_common.db.models import Chunk, ChunkStatus, Job, JobStatus
@@ -32,6 +40,8 @@ from stt_common.s3 import ObjectNotFoundError, ObjectStore, chunk_audio_key, ori
 
 STAGE = "chunker"
 _PARALLEL_UPLOADS = 2
+_DECODE_POLL_SECONDS = 0.05
+_UPLOAD_BLOCK_FRAMES = SAMPLE_RATE * 32  # 1 MiB of 16 kHz mono 16-bit per read
 log = get_logger(__name__)
 
 
@@ -131,7 +141,13 @@ class ChunkerHandler:
         return Outcome.OK
 
     async def _split(self, job: Job, workdir: Path) -> tuple[list[ChunkWindow], float, dict[str, float]]:
-        """Download, normalise, plan and upload; returns the windows, the duration and step timings."""
+        """Download, then decode while planning and uploading chunks; returns the windows, the duration
+        and step timings.
+
+        The decode is the long step, so it is not waited for: every chunk whose boundaries are
+        already certain (see ChunkPlanner) is cut from the growing WAV and uploaded while ffmpeg
+        works on later audio. What remains after ffmpeg exits is the last chunk or two.
+        """
         timings: dict[str, float] = {}
         clock = time.perf_counter()
 
@@ -144,34 +160,54 @@ class ChunkerHandler:
         original = workdir / "original"
         await self._store.download_file(original_key(job.id), original)
         lap("download")
-        await probe(original)
-        wav = workdir / "audio.wav"
-        duration = await normalise(original, wav, timeout_s=self._settings.ffmpeg_timeout_seconds)
-        original.unlink()
-        lap("normalise")
         settings = self._settings
-        windows = await asyncio.to_thread(
-            plan_chunks,
-            duration,
+        wav = workdir / "audio.wav"
+        planner = ChunkPlanner(
             chunk_seconds=settings.chunk_seconds,
             overlap_seconds=settings.chunk_overlap_seconds,
             search_window_seconds=settings.chunk_search_window_seconds,
             quietest=lambda start, end: quietest_point(wav, start, end),
         )
-        lap("plan")
-        # Cutting is a file copy; uploading dominates, so a few chunks go up at once.
-        uploads = asyncio.Semaphore(_PARALLEL_UPLOADS)
+        windows: list[ChunkWindow] = []
+        uploads: list[asyncio.Task[None]] = []
+        limiter = asyncio.Semaphore(_PARALLEL_UPLOADS)
 
-        async def cut_and_upload(window: ChunkWindow) -> None:
-            async with uploads:
-                path = workdir / f"{window.index:04d}.wav"
-                await cut_chunk(wav, window.start, window.end, path)
-                await self._store.upload_file(
-                    chunk_audio_key(job.id, window.index), path, content_type="audio/wav"
-                )
-                path.unlink()
+        def start_uploads(ready: list[ChunkWindow]) -> None:
+            for window in ready:
+                windows.append(window)
+                uploads.append(asyncio.create_task(self._upload_chunk(job.id, wav, window, limiter)))
 
-        await asyncio.gather(*(cut_and_upload(window) for window in windows))
-        lap("upload")
+        decoding = asyncio.create_task(normalise(original, wav, timeout_s=settings.ffmpeg_timeout_seconds))
+        try:
+            while not decoding.done():
+                await asyncio.wait([decoding], timeout=_DECODE_POLL_SECONDS)
+                for upload in uploads:
+                    if upload.done():
+                        upload.result()  # an upload that failed stops the job's chunking now
+                available = normalised_seconds_written(wav)
+                start_uploads(await asyncio.to_thread(planner.advance, available))
+            duration = decoding.result()
+            lap("decode")
+            start_uploads(await asyncio.to_thread(planner.finish, duration))
+            await asyncio.gather(*uploads)
+            lap("upload_tail")
+        finally:
+            for task in (decoding, *uploads):
+                task.cancel()
+            await asyncio.gather(decoding, *uploads, return_exceptions=True)
         log.info("chunked", chunks=len(windows), duration_s=round(duration, 1), **timings)
         return windows, duration, timings
+
+    async def _upload_chunk(
+        self, job_id: uuid.UUID, wav: Path, window: ChunkWindow, limiter: asyncio.Semaphore
+    ) -> None:
+        blocks = wav_chunk_blocks(wav, window.start, window.end, block_frames=_UPLOAD_BLOCK_FRAMES)
+
+        async def read() -> AsyncIterator[bytes]:
+            while (block := await asyncio.to_thread(next, blocks, None)) is not None:
+                yield block
+
+        async with limiter:
+            await self._store.upload_stream(
+                chunk_audio_key(job_id, window.index), read(), content_type="audio/wav"
+            )

@@ -82,48 +82,116 @@ def plan_chunks(
     planned position. ``tail_tolerance_seconds`` defaults to ``search_window/2 + overlap/2``; a
     value given must exceed ``overlap/2``.
     """
-    _validate(duration_s, chunk_seconds, overlap_seconds, search_window_seconds, tail_tolerance_seconds)
-    tail = (
-        default_tail_tolerance(search_window_seconds, overlap_seconds)
-        if tail_tolerance_seconds is None
-        else tail_tolerance_seconds
+    planner = ChunkPlanner(
+        chunk_seconds=chunk_seconds,
+        overlap_seconds=overlap_seconds,
+        search_window_seconds=search_window_seconds,
+        tail_tolerance_seconds=tail_tolerance_seconds,
+        quietest=quietest,
     )
-    half_search = search_window_seconds / 2
-    half_overlap = overlap_seconds / 2
+    return planner.finish(duration_s)
 
-    boundaries: list[float] = []
-    cursor = 0.0
-    while duration_s - cursor > chunk_seconds + tail:
-        target = cursor + chunk_seconds
-        low = target - half_search
-        # Never closer than `tail` to the end; `target` itself always satisfies this because the
-        # remainder exceeds chunk_seconds + tail.
-        high = min(target + half_search, duration_s - tail)
-        cut = target
-        if quietest is not None and high > low:
-            found = quietest(low, high)
-            cut = target if math.isnan(found) else min(max(found, low), high)
-        boundaries.append(cut)
-        cursor = cut
 
-    edges = [0.0, *boundaries, duration_s]
-    chunks: list[ChunkWindow] = []
-    for index in range(len(edges) - 1):
-        start = 0.0 if index == 0 else max(0.0, edges[index] - half_overlap)
-        end = duration_s if index == len(edges) - 2 else min(duration_s, edges[index + 1] + half_overlap)
-        chunks.append(ChunkWindow(index=index, start=start, end=end))
-    return chunks
+class ChunkPlanner:
+    """:func:`plan_chunks` decided while the audio is still being decoded.
+
+    :meth:`advance` is told how much audio exists so far and returns the chunks that are already
+    certain: a boundary is fixed once the audio reaches past its whole search window plus the tail
+    tolerance, because then no final duration can change it. :meth:`finish` is told the duration
+    and returns the rest. Together they return exactly ``plan_chunks(duration)``, so a chunk can be
+    cut and uploaded while later audio is still being decoded.
+    """
+
+    def __init__(
+        self,
+        *,
+        chunk_seconds: float = 300,
+        overlap_seconds: float = 10,
+        search_window_seconds: float = 20,
+        tail_tolerance_seconds: float | None = None,
+        quietest: QuietestPoint | None = None,
+    ) -> None:
+        _validate(chunk_seconds, overlap_seconds, search_window_seconds, tail_tolerance_seconds)
+        self._chunk = chunk_seconds
+        self._half_overlap = overlap_seconds / 2
+        self._half_search = search_window_seconds / 2
+        self._tail = (
+            default_tail_tolerance(search_window_seconds, overlap_seconds)
+            if tail_tolerance_seconds is None
+            else tail_tolerance_seconds
+        )
+        self._quietest = quietest
+        self._boundaries: list[float] = []
+        self._returned = 0
+        self._finished = False
+
+    def advance(self, available_s: float) -> list[ChunkWindow]:
+        """The chunks made certain by the first ``available_s`` seconds of audio (none twice)."""
+        if self._finished:
+            raise RuntimeError("the plan is finished")
+        while True:
+            target = self._cursor + self._chunk
+            # plan_chunks sets another boundary iff duration - cursor > chunk + tail, and searches up
+            # to min(target + half_search, duration - tail): both are settled once the audio so far is
+            # long enough, whatever the final duration turns out to be.
+            if not (
+                available_s - self._cursor > self._chunk + self._tail
+                and available_s - self._tail >= target + self._half_search
+            ):
+                break
+            self._boundaries.append(self._cut(target, target + self._half_search))
+        return self._take(len(self._boundaries))
+
+    def finish(self, duration_s: float) -> list[ChunkWindow]:
+        """The remaining chunks of a recording of ``duration_s`` seconds, the last one included."""
+        if not math.isfinite(duration_s) or duration_s < 0:
+            raise ValueError(f"duration must be a finite number of seconds >= 0, got {duration_s!r}")
+        if self._finished:
+            raise RuntimeError("the plan is finished")
+        self._finished = True
+        while duration_s - self._cursor > self._chunk + self._tail:
+            target = self._cursor + self._chunk
+            # Never closer than `tail` to the end; `target` itself always satisfies this because the
+            # remainder exceeds chunk_seconds + tail.
+            self._boundaries.append(
+                self._cut(target, min(target + self._half_search, duration_s - self._tail))
+            )
+        return self._take(len(self._boundaries) + 1, duration_s)
+
+    @property
+    def _cursor(self) -> float:
+        return self._boundaries[-1] if self._boundaries else 0.0
+
+    def _cut(self, target: float, high: float) -> float:
+        low = target - self._half_search
+        if self._quietest is None or high <= low:
+            return target
+        found = self._quietest(low, high)
+        return target if math.isnan(found) else min(max(found, low), high)
+
+    def _take(self, count: int, duration_s: float | None = None) -> list[ChunkWindow]:
+        """Chunks ``self._returned`` up to ``count``; the last chunk ends at ``duration_s``."""
+        edges = [0.0, *self._boundaries]
+        chunks = []
+        for index in range(self._returned, count):
+            start = 0.0 if index == 0 else max(0.0, edges[index] - self._half_overlap)
+            if index < len(self._boundaries):
+                # A boundary lies at least `tail` (> overlap / 2) before the end, so this fits.
+                end = edges[index + 1] + self._half_overlap
+            else:
+                assert duration_s is not None
+                end = duration_s
+            chunks.append(ChunkWindow(index=index, start=start, end=end))
+        self._returned = count
+        return chunks
 
 
 def _validate(
-    duration_s: float,
     chunk_seconds: float,
     overlap_seconds: float,
     search_window_seconds: float,
     tail_tolerance_seconds: float | None,
 ) -> None:
-    if not math.isfinite(duration_s) or duration_s < 0:
-        raise ValueError(f"duration must be a finite number of seconds >= 0, got {duration_s!r}")
     if not math.isfinite(chunk_seconds) or chunk_seconds <= 0:
         raise ValueError(f"chunk_seconds must be > 0, got {chunk_seconds!r}")
     if overlap_seconds < 0 or search_window_seconds < 0:
