@@ -125,7 +125,7 @@ class ObjectStore:
     # -- writes ---------------------------------------------------------------------------------
 
     async def put_bytes(
-        self, key: str, data: bytes, *, content_type: str = "application/octet-stream"
+        self, key: str, data: bytes | bytearray, *, content_type: str = "application/octet-stream"
     ) -> None:
         await self._client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
 
@@ -181,7 +181,9 @@ class ObjectStore:
                     )
                     parts.append({"PartNumber": len(parts) + 1, "ETag": answer["ETag"]})
             if upload_id is None:
-                await self.put_bytes(key, bytes(buffer), content_type=content_type)
+                await self.put_bytes(
+                    key, buffer, content_type=content_type
+                )  # no copy: botocore takes a bytearray
                 return total
             if buffer or not parts:
                 answer = await self._client.upload_part(
