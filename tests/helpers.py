@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import subprocess
 from collections.abc import AsyncIterator
 
@@ -13,7 +14,10 @@ from stt_devstack.harness import wait_until
 from stt_devstack.infra import tansu_binary
 from stt_devstack.procs import free_port
 
-__all__ = ["free_port", "private_broker", "wait_until"]
+__all__ = ["broker_processes", "free_port", "private_broker", "wait_until"]
+
+broker_processes: dict[str, subprocess.Popen[bytes]] = {}
+"""The running private brokers by address, for tests that freeze one (SIGSTOP)."""
 
 
 @contextlib.asynccontextmanager
@@ -48,7 +52,10 @@ async def private_broker(settings: Settings) -> AsyncIterator[str]:
     try:
         await wait_until(accepting, timeout=10, what="tansu accepts connections")
         await ensure_topics(settings.model_copy(update={"kafka_bootstrap_servers": address}))
+        broker_processes[address] = proc
         yield address
     finally:
+        broker_processes.pop(address, None)
+        proc.send_signal(signal.SIGCONT)  # a test may have left it frozen
         proc.terminate()
         proc.wait(10)

@@ -17,7 +17,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from stt_common.messages import Envelope, Topic
-from tests.helpers import free_port, wait_until
+from stt_common.runner import CLOSE_TIMEOUT_SECONDS
+from tests.helpers import broker_processes, free_port, wait_until
 
 SAMPLE = Path(__file__).with_name("sample_stage.py")
 ROOT = Path(__file__).resolve().parents[2]
@@ -173,6 +174,36 @@ async def test_sigterm_drains_the_in_flight_message_and_commits_it(
     await produce(fresh_kafka, envelope(other, 0))
     await wait_until(lambda: any(str(other) in line for line in again.lines("done")), timeout=40, what="next")
     assert [line for line in again.lines("start") if str(job) in line] == [f"{stage.proc.pid} start {job}:1"]
+
+
+async def test_sigterm_exits_promptly_when_the_broker_stops_answering(
+    fresh_kafka: str, tmp_path: Path, stages: list[SampleStage]
+) -> None:
+    """Shutdown does not wait out Kafka's request timeout (40 s, past a pod's grace period) when the
+    broker does not answer the final commit or the LeaveGroup."""
+    first = SampleStage(fresh_kafka, tmp_path, "g-frozen")
+    stages.append(first)
+    await wait_until(first.assigned, timeout=40, what="first member assigned")
+    # A second member makes the group rebalance: a member only says goodbye (LeaveGroup) once its
+    # generation is past the first, which is 0 on this broker.
+    second = SampleStage(fresh_kafka, tmp_path, "g-frozen")
+    stages.append(second)
+    await wait_until(
+        lambda: len(first.assigned()) + len(second.assigned()) == 12 and second.assigned(),
+        timeout=60,
+        what="partitions split between the two",
+    )
+    broker = broker_processes[fresh_kafka]
+    broker.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        first.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(first.proc.wait, 30) == 0
+        took = time.monotonic() - started
+    finally:
+        broker.send_signal(signal.SIGCONT)
+    assert "kafka did not answer during shutdown" in first.stdout.read_text()
+    assert took < 2 * CLOSE_TIMEOUT_SECONDS + 10, took
 
 
 async def test_two_instances_split_the_partitions_and_handle_each_message_once(

@@ -8,7 +8,7 @@
 * A handler that keeps failing (after `handler_attempts` tries) stops the stage without
   committing that message, so the orchestrator restarts it and the message comes back.
 * SIGTERM/SIGINT stop fetching, let in-flight messages finish within `drain_timeout_seconds`,
-  commit, and exit.
+  commit, leave the group, and exit; the commit and the leave get `CLOSE_TIMEOUT_SECONDS` each.
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ from stt_common.ops import OpsServer, ReadinessCheck
 from stt_common.settings import Settings
 
 log = get_logger(__name__)
+
+CLOSE_TIMEOUT_SECONDS = 5.0
+"""How long shutdown waits for the broker to take the final commit, and again to leave the group."""
 
 
 class Outcome(StrEnum):
@@ -181,15 +184,31 @@ class StageRunner:
                         self._launch(tp, record)
                 await self._commit()
             await self._drain(set(self._tasks))
-            await self._commit()
+            await self._within_close_timeout(self._commit(), step="final commit")
         finally:
             self._running = False
             for task in self._tasks:
                 task.cancel()
-            await consumer.stop()
+            await self._within_close_timeout(consumer.stop(), step="leave group")
             self._consumer = None
         if self._failure is not None:
             raise RuntimeError(f"stage {self.stage} stopped: a handler kept failing") from self._failure
+
+    @staticmethod
+    async def _within_close_timeout(work: Awaitable[None], *, step: str) -> None:
+        """Shutdown must not wait on a broker that does not answer (each request would otherwise
+        wait out its request timeout, past Kubernetes' grace period): an unfinished commit only
+        means redelivery, and the broker drops a member that never said goodbye after its session
+        timeout."""
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
+                await work
+        except TimeoutError:
+            log.warning(
+                "kafka did not answer during shutdown; going anyway",
+                step=step,
+                timeout_s=CLOSE_TIMEOUT_SECONDS,
+            )
 
     def _tick(self) -> None:
         self._heartbeat = time.monotonic()
