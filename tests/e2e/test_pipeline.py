@@ -118,7 +118,11 @@ async def test_twenty_minutes_of_speech_match_a_single_pass(
     document = await completed_document(jobs, store, job_id, timeout=600)
     assert (await jobs.get(job_id)).chunks_total >= 4
     reference = " ".join(sentences)
-    assert wer(reference, document["text"]) <= wer(reference, single_pass.text) + 0.015
+    # On failure, say which chunks went wrong and what the pipeline noticed about them.
+    assert wer(reference, document["text"]) <= wer(reference, single_pass.text) + 0.015, (
+        chunks_of(document),
+        document["quality"],
+    )
     # No sentence lost or doubled at a boundary: near each cut, nothing the single pass heard is
     # missing or repeated. (Inside a chunk the model may skip a sentence either way; WER covers that.)
     cuts = [decision["cut_seconds"] for decision in document["quality"]["merge_decisions"]]
