@@ -17,8 +17,10 @@ import pytest_asyncio
 from stt_common.errors import InvalidAudioError, classify
 from stt_common.providers.base import ProviderRequest, get_provider, registered_providers
 from stt_common.transcript import ChunkTranscript, Segment
+from stt_transcriber.pool import ProviderPool
 from stt_transcriber.providers import register_builtin_providers
 from stt_transcriber.providers.local import LocalModelError, LocalWhisperProvider, build_initial_prompt
+from stt_transcriber.settings import TranscriberSettings
 
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
 UTTERANCE = "sense_and_sensibility_01_austen_64kb-0870"
@@ -109,6 +111,17 @@ def test_registered_with_bundled_defaults() -> None:
     assert p.config.vad_filter
     if p.config.device == "cpu":
         assert p.config.compute_type == "int8"
+    assert p.config.condition_on_previous_text
+
+
+def test_transcriber_settings_reach_the_local_provider(monkeypatch: pytest.MonkeyPatch) -> None:
+    register_builtin_providers()
+    monkeypatch.setenv("STT_LOCAL_CONDITION_ON_PREVIOUS_TEXT", "false")
+    monkeypatch.setenv("STT_LOCAL_BEAM_SIZE", "2")
+    provider = ProviderPool(TranscriberSettings(development=True)).get("local")
+    assert isinstance(provider, LocalWhisperProvider)
+    assert not provider.config.condition_on_previous_text
+    assert provider.config.beam_size == 2
 
 
 async def test_librivox_utterance_wer_and_timestamps(provider: LocalWhisperProvider) -> None:

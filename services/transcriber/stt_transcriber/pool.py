@@ -22,6 +22,7 @@ class ProviderPool:
                 "compute_type": s.local_compute_type,
                 "beam_size": s.local_beam_size,
                 "cpu_threads": s.local_cpu_threads,
+                "condition_on_previous_text": s.local_condition_on_previous_text,
             }
         if name == "openai":
             return {

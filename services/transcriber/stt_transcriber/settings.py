@@ -30,6 +30,9 @@ class TranscriberSettings(Settings):
     )
     local_beam_size: int = Field(default=5, ge=1)
     local_cpu_threads: int = Field(default=0, ge=0)
+    local_condition_on_previous_text: bool = Field(
+        default=True, description="Whisper's own context between 30 s windows (a job may override it)."
+    )
 
     # OpenAI and OpenAI-compatible servers.
     openai_api_key: SecretStr | None = None
