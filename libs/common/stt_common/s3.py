@@ -132,11 +132,7 @@ class ObjectStore:
     async def upload_file(
         self, key: str, path: Path, *, content_type: str = "application/octet-stream"
     ) -> None:
-        """Upload a local file; multipart above the threshold so memory stays at one part."""
-        size = path.stat().st_size
-        if size < self.multipart_threshold:
-            await self.put_bytes(key, path.read_bytes(), content_type=content_type)
-            return
+        """Upload a local file: one PUT below the multipart threshold, multipart above it."""
 
         async def parts() -> AsyncIterator[bytes]:
             with path.open("rb") as handle:
@@ -181,9 +177,8 @@ class ObjectStore:
                     )
                     parts.append({"PartNumber": len(parts) + 1, "ETag": answer["ETag"]})
             if upload_id is None:
-                await self.put_bytes(
-                    key, buffer, content_type=content_type
-                )  # no copy: botocore takes a bytearray
+                # The buffer itself, not a copy: botocore takes a bytearray.
+                await self.put_bytes(key, buffer, content_type=content_type)
                 return total
             if buffer or not parts:
                 answer = await self._client.upload_part(

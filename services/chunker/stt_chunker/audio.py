@@ -25,7 +25,7 @@ import struct
 import sys
 import wave
 from array import array
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -436,7 +436,7 @@ def _wav_header(frames: int, *, rate: int, channels: int, width: int) -> bytes:
 
 def wav_chunk_blocks(
     wav_path: StrPath, start_s: float, end_s: float, *, block_frames: int = _WAV_BLOCK_FRAMES
-) -> Iterator[bytes]:
+) -> Generator[bytes, None, None]:
     """``[start_s, end_s]`` of a PCM WAV as a WAV file of its own, in blocks: the header, then frames.
 
     Times are rounded to the nearest sample and clamped to the file; an empty range is a

@@ -9,6 +9,7 @@ died between its commit and its produce); transcribers ignore chunks that are ta
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import tempfile
 import time
 import uuid
@@ -207,7 +208,9 @@ class ChunkerHandler:
             while (block := await asyncio.to_thread(next, blocks, None)) is not None:
                 yield block
 
-        async with limiter:
-            await self._store.upload_stream(
-                chunk_audio_key(job_id, window.index), read(), content_type="audio/wav"
-            )
+        # closing(): a cancelled upload closes the WAV at once instead of whenever it is collected.
+        with contextlib.closing(blocks):
+            async with limiter:
+                await self._store.upload_stream(
+                    chunk_audio_key(job_id, window.index), read(), content_type="audio/wav"
+                )

@@ -127,36 +127,29 @@ class ChunkPlanner:
 
     def advance(self, available_s: float) -> list[ChunkWindow]:
         """The chunks made certain by the first ``available_s`` seconds of audio (none twice)."""
-        if self._finished:
-            raise RuntimeError("the plan is finished")
-        while True:
-            target = self._cursor + self._chunk
-            # plan_chunks sets another boundary iff duration - cursor > chunk + tail, and searches up
-            # to min(target + half_search, duration - tail): both are settled once the audio so far is
-            # long enough, whatever the final duration turns out to be.
-            if not (
-                available_s - self._cursor > self._chunk + self._tail
-                and available_s - self._tail >= target + self._half_search
-            ):
-                break
-            self._boundaries.append(self._cut(target, target + self._half_search))
+        self._settle(available_s, final=False)
         return self._take(len(self._boundaries))
 
     def finish(self, duration_s: float) -> list[ChunkWindow]:
         """The remaining chunks of a recording of ``duration_s`` seconds, the last one included."""
         if not math.isfinite(duration_s) or duration_s < 0:
             raise ValueError(f"duration must be a finite number of seconds >= 0, got {duration_s!r}")
+        self._settle(duration_s, final=True)
+        self._finished = True
+        return self._take(len(self._boundaries) + 1, duration_s)
+
+    def _settle(self, end_s: float, *, final: bool) -> None:
+        """Set every boundary that audio ending at ``end_s`` (the true end when ``final``) decides."""
         if self._finished:
             raise RuntimeError("the plan is finished")
-        self._finished = True
-        while duration_s - self._cursor > self._chunk + self._tail:
+        while end_s - self._cursor > self._chunk + self._tail:
             target = self._cursor + self._chunk
             # Never closer than `tail` to the end; `target` itself always satisfies this because the
             # remainder exceeds chunk_seconds + tail.
-            self._boundaries.append(
-                self._cut(target, min(target + self._half_search, duration_s - self._tail))
-            )
-        return self._take(len(self._boundaries) + 1, duration_s)
+            high = min(target + self._half_search, end_s - self._tail)
+            if not final and high < target + self._half_search:
+                break  # a longer recording would widen this search: wait for more audio
+            self._boundaries.append(self._cut(target, high))
 
     @property
     def _cursor(self) -> float:
