@@ -19,7 +19,8 @@ from stt_common.providers.base import ProviderRequest, get_provider, registered_
 from stt_common.transcript import ChunkTranscript, Segment
 from stt_transcriber.pool import ProviderPool
 from stt_transcriber.providers import register_builtin_providers
-from stt_transcriber.providers.local import LocalModelError, LocalWhisperProvider, build_initial_prompt
+from stt_transcriber.providers.local import LocalModelError, LocalWhisperProvider
+from stt_transcriber.providers.vendor import context_prompt
 from stt_transcriber.settings import TranscriberSettings
 
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
@@ -181,7 +182,7 @@ async def test_context_and_prompt(provider: LocalWhisperProvider) -> None:
         Segment(start=4.0, end=7.0, text="how much there might be prudently in his power to do for them."),
     ]
     request = ProviderRequest(language="fr", prompt="Dashwood, Norland.", context_segments=context)
-    prompt = build_initial_prompt(request)
+    prompt = context_prompt(request)
     assert prompt is not None
     assert prompt.startswith("Dashwood, Norland. Mr. John Dashwood")
     assert prompt.endswith("prudently in his power to do for them.")
@@ -200,13 +201,13 @@ async def test_context_and_prompt(provider: LocalWhisperProvider) -> None:
 
 def test_initial_prompt_keeps_the_tail_of_long_context() -> None:
     long_context = [Segment(start=i, end=i + 1, text=f"word{i} filler text here") for i in range(40)]
-    prompt = build_initial_prompt(ProviderRequest(context_segments=long_context))
+    prompt = context_prompt(ProviderRequest(context_segments=long_context))
     assert prompt is not None
     full = " ".join(s.text for s in long_context)
     assert len(prompt) <= 200
     assert full.endswith(prompt)
     assert full[-len(prompt) - 1] == " ", "cut at a word boundary"
-    assert build_initial_prompt(ProviderRequest()) is None
+    assert context_prompt(ProviderRequest()) is None
 
 
 async def test_text_file_named_wav_is_invalid_audio(provider: LocalWhisperProvider, tmp_path: Path) -> None:

@@ -32,10 +32,10 @@ from stt_transcriber.providers import register_builtin_providers
 from stt_transcriber.providers.openai import (
     OpenAIProvider,
     OpenAIRequestError,
-    build_prompt,
     normalise_language,
     parse_retry_after,
 )
+from stt_transcriber.providers.vendor import context_prompt
 from tests.fakes.openai_server import Failure, FakeOpenAI, FakeOpenAIProcess
 from tests.helpers import free_port
 
@@ -153,9 +153,9 @@ async def test_prompt_context_language_and_model_override(
 
 
 def test_prompt_and_language_helpers() -> None:
-    assert build_prompt(ProviderRequest()) is None
+    assert context_prompt(ProviderRequest()) is None
     long = [Segment(start=0, end=1, text="alpha " * 100)]
-    tail = build_prompt(ProviderRequest(context_segments=long))
+    tail = context_prompt(ProviderRequest(context_segments=long))
     assert tail is not None
     assert len(tail) <= 200
     assert tail.startswith("alpha")

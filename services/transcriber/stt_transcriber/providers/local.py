@@ -26,12 +26,11 @@ from stt_common.errors import InvalidAudioError, SttError
 from stt_common.logs import get_logger
 from stt_common.providers.base import ProviderRequest
 from stt_common.transcript import ChunkTranscript, Segment, Word
+from stt_transcriber.providers.vendor import context_prompt
 
 log = get_logger(__name__)
 
 SAMPLE_RATE = 16_000
-# How much of the previous chunk's text goes into Whisper's initial prompt.
-CONTEXT_PROMPT_CHARS = 200
 # `request.options` keys passed through to `WhisperModel.transcribe` (others are ignored: they may be
 # meant for another provider).
 PASSTHROUGH_OPTIONS = frozenset(
@@ -266,7 +265,7 @@ class LocalWhisperProvider:
             "condition_on_previous_text": self.config.condition_on_previous_text,
             "word_timestamps": True,
             "language": self._language(model, request.language),
-            "initial_prompt": build_initial_prompt(request),
+            "initial_prompt": context_prompt(request),
         }
         for key, value in request.options.items():
             if key in PASSTHROUGH_OPTIONS:
@@ -313,21 +312,6 @@ def normalise_language(language: str | None) -> str | None:
     if not language or not language.strip():
         return None
     return language.strip().replace("_", "-").split("-", 1)[0].lower()
-
-
-def build_initial_prompt(request: ProviderRequest) -> str | None:
-    """Vocabulary prompt first, then the tail of the previous chunk's text (cut at a word boundary)."""
-    parts: list[str] = []
-    if request.prompt and request.prompt.strip():
-        parts.append(request.prompt.strip())
-    context = " ".join(s.text.strip() for s in request.context_segments if s.text and s.text.strip())
-    if context:
-        if len(context) > CONTEXT_PROMPT_CHARS:
-            tail = context[-CONTEXT_PROMPT_CHARS:]
-            cut = tail.find(" ")
-            context = tail[cut + 1 :] if 0 <= cut < len(tail) - 1 else tail
-        parts.append(context)
-    return " ".join(parts) or None
 
 
 def _decode(audio_path: Path) -> Any:

@@ -20,16 +20,10 @@ is not the documented shape, or has impossible times, is reported as a transient
 from __future__ import annotations
 
 import asyncio
-import io
 import math
-import mimetypes
 import os
-import re
 import time
-import wave
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,6 +43,19 @@ from stt_common.errors import (
 from stt_common.logs import get_logger
 from stt_common.providers.base import ProviderRequest
 from stt_common.transcript import ChunkTranscript, Segment, Word
+from stt_transcriber.providers.vendor import (
+    GarbageResponseError,
+    VendorRequestError,
+    check_times,
+    clamp,
+    content_type,
+    context_prompt,
+    describe_validation_error,
+    parse_retry_after,
+    read_audio,
+    redact,
+    time_limits,
+)
 
 log = get_logger(__name__)
 
@@ -61,17 +68,8 @@ _FORMAT_SETTINGS: dict[str, ResponseFormat | Literal["auto"]] = {
 }
 
 DEFAULT_MODEL = "whisper-1"
-# How much of the previous chunk's text goes into the prompt (Whisper reads only its last ~224 tokens).
-CONTEXT_PROMPT_CHARS = 200
 # Key placed in the Authorization header for OpenAI-compatible servers that need none.
 NO_KEY_PLACEHOLDER = "no-key"
-# Slack when checking the provider's times against the audio's duration: Whisper's last timestamps may run
-# a little past the end (they are clamped); times far beyond it mean the body is nonsense.
-TIME_SLACK_SECONDS = 2.0
-TIME_SLACK_FRACTION = 0.1
-MAX_SECONDS_UNKNOWN_DURATION = 24 * 3600.0
-# Small negative times and ends slightly before starts are rounding; more is nonsense.
-TIME_TOLERANCE_SECONDS = 0.5
 # `error.code` values that mean the account is out of credit rather than momentarily rate-limited.
 QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached", "billing_not_active"})
 # `error.code` values of a 400 that are about the uploaded audio (OpenAI sets `param: "file"` as well).
@@ -108,13 +106,8 @@ WHISPER_LANGUAGE_CODES: dict[str, str] = {
     "castilian": "es", "mandarin": "zh",
 }  # fmt: skip
 
-_SECRET_PATTERNS = (
-    re.compile(r"sk-[A-Za-z0-9_\-]{6,}"),
-    re.compile(r"(?i)bearer\s+\S+"),
-)
 
-
-class OpenAIRequestError(SttError):
+class OpenAIRequestError(VendorRequestError):
     """The API refused the request for a reason retrying will not fix (unknown model, bad parameter,
     wrong `base_url`, ...): a configuration problem, not the audio's and not the vendor's health."""
 
@@ -168,10 +161,6 @@ class _DiarizedBody(_Strict):
     duration: float | None = None
     segments: list[_ApiSegment]
     usage: _ApiUsage | None = None
-
-
-class GarbageResponseError(ValueError):
-    """The body of a 200 response is not the documented shape (turned into `ProviderUnavailableError`)."""
 
 
 # --------------------------------------------------------------------------------------------- provider
@@ -273,12 +262,12 @@ class OpenAIProvider:
         audio_path = Path(audio_path)
         model = (request.model or "").strip() or self.config.model
         client = self._get_client()
-        data, duration = await asyncio.to_thread(_read_audio, audio_path)
+        data, duration = await asyncio.to_thread(read_audio, audio_path)
         response_format = self.response_format_for(model)
         language = normalise_language(request.language)
 
         kwargs: dict[str, Any] = {
-            "file": (audio_path.name, data, _content_type(audio_path)),
+            "file": (audio_path.name, data, content_type(audio_path)),
             "model": model,
             "response_format": response_format,
         }
@@ -290,7 +279,7 @@ class OpenAIProvider:
             kwargs["chunking_strategy"] = "auto"  # required by the diarize model above 30 s
         if language:
             kwargs["language"] = language
-        prompt = build_prompt(request)
+        prompt = context_prompt(request)
         if prompt and response_format != "diarized_json":  # the diarize model takes no prompt
             kwargs["prompt"] = prompt
         for key, value in request.options.items():
@@ -349,12 +338,7 @@ class OpenAIProvider:
         return f" at {self.config.base_url}" if self.config.base_url else ""
 
     def _redact(self, text: str) -> str:
-        key = self._api_key
-        if key and key != NO_KEY_PLACEHOLDER and len(key) >= 4:
-            text = text.replace(key, "***")
-        for pattern in _SECRET_PATTERNS:
-            text = pattern.sub("***", text)
-        return text
+        return redact(text, self._api_key if self._api_key != NO_KEY_PLACEHOLDER else None)
 
     def _status_error(self, exc: openai.APIStatusError, model: str) -> SttError:
         """The typed error for an HTTP error answer, chosen by exception type (and the error's code)."""
@@ -406,49 +390,6 @@ def normalise_language(language: str | None) -> str | None:
     return value.replace("_", "-").split("-", 1)[0]
 
 
-def build_prompt(request: ProviderRequest) -> str | None:
-    """Vocabulary prompt first, then the tail of the previous chunk's text (cut at a word boundary)."""
-    parts: list[str] = []
-    if request.prompt and request.prompt.strip():
-        parts.append(request.prompt.strip())
-    context = " ".join(s.text.strip() for s in request.context_segments if s.text and s.text.strip())
-    if context:
-        if len(context) > CONTEXT_PROMPT_CHARS:
-            tail = context[-CONTEXT_PROMPT_CHARS:]
-            cut = tail.find(" ")
-            context = tail[cut + 1 :] if 0 <= cut < len(tail) - 1 else tail
-        parts.append(context)
-    return " ".join(parts) or None
-
-
-def parse_retry_after(headers: Any) -> float | None:
-    """Seconds to wait from `retry-after-ms`, or `Retry-After` (seconds or an HTTP date); None if absent."""
-    value = headers.get("retry-after-ms")
-    if value:
-        try:
-            ms = float(value)
-        except ValueError:
-            pass
-        else:
-            if math.isfinite(ms):
-                return max(ms / 1000.0, 0.0)
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        return max((when - datetime.now(UTC)).total_seconds(), 0.0)
-    return max(seconds, 0.0) if math.isfinite(seconds) else None
-
-
 def _error_field(exc: openai.APIStatusError, name: str) -> str | None:
     body = exc.body  # the SDK already unwrapped `{"error": {...}}`
     value = body.get(name) if isinstance(body, dict) else None
@@ -464,31 +405,6 @@ def _vendor_message(exc: openai.APIStatusError) -> str:
     if isinstance(body, str) and body.strip():
         return " ".join(body.split())
     return exc.response.reason_phrase or "no details"
-
-
-def _content_type(path: Path) -> str:
-    if path.suffix.lower() == ".wav":
-        return "audio/wav"  # mimetypes says audio/x-wav
-    return mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-
-
-def _read_audio(path: Path) -> tuple[bytes, float | None]:
-    """The file's bytes and its duration from the WAV header (None for other formats)."""
-    if not path.is_file():
-        raise InvalidAudioError(f"audio file {str(path)!r} does not exist or is not a file")
-    data = path.read_bytes()
-    if not data:
-        raise InvalidAudioError(f"audio file {path.name!r} is empty")
-    try:
-        with wave.open(io.BytesIO(data)) as w:
-            frames, rate = w.getnframes(), w.getframerate()
-    except (wave.Error, EOFError):
-        return data, None
-    if rate <= 0:
-        raise InvalidAudioError(f"audio file {path.name!r}: WAV header with sample rate {rate}")
-    if frames == 0:
-        raise InvalidAudioError(f"audio file {path.name!r} contains no audio samples")
-    return data, frames / rate
 
 
 def _language_code(value: str | None) -> str | None:
@@ -514,14 +430,14 @@ def parse_response(
             segments, language = _verbose_segments(verbose, duration), verbose.language
         elif response_format == "diarized_json":
             diarized = _DiarizedBody.model_validate_json(body)
-            segments = _timed_segments(diarized.segments, None, _limit(duration, diarized.duration))
+            segments = _timed_segments(diarized.segments, None, time_limits(duration, diarized.duration))
             language = None
         else:
             plain = _JsonBody.model_validate_json(body)
             segments = _whole_segment(plain, duration)
             language = plain.languages[0].code if plain.languages else None
     except ValidationError as exc:
-        raise GarbageResponseError(_describe(exc, body)) from None
+        raise GarbageResponseError(describe_validation_error(exc, body)) from None
     return ChunkTranscript(
         provider=OpenAIProvider.name,
         model=model,
@@ -530,48 +446,14 @@ def parse_response(
     )
 
 
-def _describe(exc: ValidationError, body: bytes) -> str:
-    errors = exc.errors(include_url=False, include_input=False)
-    if errors and errors[0]["type"] == "json_invalid":
-        snippet = " ".join(body[:80].decode("utf-8", "replace").split())
-        return f"not JSON: {snippet!r}"
-    parts = [f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in errors[:3]]
-    more = f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""
-    return "unexpected shape: " + "; ".join(parts) + more
-
-
-def _limit(duration: float | None, reported: float | None) -> tuple[float | None, float]:
-    """(the audio's duration used for clamping, the largest credible time)."""
-    known = duration if duration is not None else reported
-    if reported is not None and (not math.isfinite(reported) or reported < 0):
-        raise GarbageResponseError(f"duration {reported!r}")
-    if known is None:
-        return None, MAX_SECONDS_UNKNOWN_DURATION
-    return known, known + max(TIME_SLACK_SECONDS, TIME_SLACK_FRACTION * known)
-
-
-def _check_times(start: float, end: float, what: str, max_time: float) -> None:
-    if start < -TIME_TOLERANCE_SECONDS or end < -TIME_TOLERANCE_SECONDS:
-        raise GarbageResponseError(f"{what} has a negative time ({start}..{end})")
-    if end < start - TIME_TOLERANCE_SECONDS:
-        raise GarbageResponseError(f"{what} ends before it starts ({start}..{end})")
-    if start > max_time or end > max_time:
-        raise GarbageResponseError(f"{what} lies past the end of the audio ({start}..{end} > {max_time:.1f})")
-
-
-def _clamp(t: float, duration: float | None) -> float:
-    t = max(t, 0.0)
-    return min(t, duration) if duration is not None else t
-
-
 def _timed_segments(
     api_segments: list[_ApiSegment], words: list[_ApiWord] | None, limits: tuple[float | None, float]
 ) -> list[Segment]:
     duration, max_time = limits
     for i, s in enumerate(api_segments):
-        _check_times(s.start, s.end, f"segment {i}", max_time)
+        check_times(s.start, s.end, f"segment {i}", max_time)
     for i, w in enumerate(words or []):
-        _check_times(w.start, w.end, f"word {i}", max_time)
+        check_times(w.start, w.end, f"word {i}", max_time)
 
     segments: list[Segment] = []
     spans: list[tuple[float, float]] = []
@@ -579,8 +461,8 @@ def _timed_segments(
         text = s.text.strip()
         if not text:
             continue
-        start = _clamp(s.start, duration)
-        end = max(start, _clamp(s.end, duration))
+        start = clamp(s.start, duration)
+        end = max(start, clamp(s.end, duration))
         segments.append(
             Segment(
                 start=start, end=end, text=text, words=[] if words is not None else None, speaker=s.speaker
@@ -594,8 +476,8 @@ def _timed_segments(
         text = w.word.strip()
         if not text or not segments:
             continue
-        start = _clamp(w.start, duration)
-        end = max(start, _clamp(w.end, duration))
+        start = clamp(w.start, duration)
+        end = max(start, clamp(w.end, duration))
         mid = (start + end) / 2
         best = min(
             range(len(spans)),
@@ -615,7 +497,7 @@ def _timed_segments(
 
 
 def _verbose_segments(body: _VerboseBody, duration: float | None) -> list[Segment]:
-    limits = _limit(duration, body.duration)
+    limits = time_limits(duration, body.duration)
     if body.segments is None:
         raise GarbageResponseError("verbose_json without `segments`")
     if not body.segments and body.text.strip():
