@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STACK := $(PY) -m stt_devstack
-PACKAGES := libs/common services/ingest services/chunker services/transcriber services/merger services/notifier services/maintenance tools/devstack
+PACKAGES := libs/common services/ingest services/chunker services/transcriber services/merger services/notifier services/maintenance tools/devstack tools/cli
 
 .PHONY: install lock up down status demo test lint typecheck bench bench-pipeline bench-chunker bench-fanout clean
 
@@ -48,7 +48,7 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 
 typecheck: install
-	$(VENV)/bin/mypy libs/common/stt_common services/*/stt_* tools/devstack/stt_devstack
+	$(VENV)/bin/mypy libs/common/stt_common services/*/stt_* tools/devstack/stt_devstack tools/cli/stt_cli
 
 # Benchmarks print their figures and write them to bench/results/<name>.json. Not part of `make test`.
 bench: bench-pipeline bench-chunker bench-fanout bench-ingest-upload bench-ingest-get

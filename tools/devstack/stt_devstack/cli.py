@@ -66,7 +66,7 @@ def cmd_demo(config: StackConfig, args: argparse.Namespace) -> int:
     if "STT_API_URL" not in env:
         print("the stack is not up: run `make up` first", file=sys.stderr)
         return 1
-    return asyncio.run(run_demo(env["STT_API_URL"], env["STT_API_KEY"], config.state_dir / "demo"))
+    return run_demo(env["STT_API_URL"], env["STT_API_KEY"], config.state_dir / "demo")
 
 
 COMMANDS: dict[str, tuple[Callable[[StackConfig, argparse.Namespace], int], str]] = {

@@ -6,19 +6,19 @@ repeated to about 6.5 minutes so it spans two 5-minute chunks and exercises chun
 
 from __future__ import annotations
 
-import asyncio
+import json
 import re
 import sys
 import time
 import wave
 from pathlib import Path
 
-import httpx
+from stt_cli.client import ApiError, SttClient
+from stt_cli.progress import Progress
 
 LIBRIVOX_DIR = Path("/usr/share/pocketsphinx/test/data/librivox")
 ROUNDS = 16
 GAP_SECONDS = 0.7
-_TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
 
 
 def build_recording(target: Path) -> tuple[Path, str, float]:
@@ -46,49 +46,32 @@ def build_recording(target: Path) -> tuple[Path, str, float]:
     return target, reference, seconds
 
 
-def _bar(done: int, total: int, width: int = 30) -> str:
-    filled = int(width * done / total) if total else 0
-    return "[" + "#" * filled + "." * (width - filled) + f"] {done}/{total} chunks"
-
-
-async def run_demo(api_url: str, api_key: str, work_dir: Path, *, timeout_seconds: float = 900) -> int:
+def run_demo(api_url: str, api_key: str, work_dir: Path, *, timeout_seconds: float = 900) -> int:
     audio, reference, seconds = build_recording(work_dir / "librivox-demo.wav")
     print(f"recording: {audio} ({seconds / 60:.1f} min of LibriVox read speech)")
-    headers = {"X-API-Key": api_key}
-    async with httpx.AsyncClient(base_url=api_url, headers=headers, timeout=60) as client:
-        with audio.open("rb") as handle:
-            answer = await client.post(
-                "/api/v1/transcribe",
-                files={"file": (audio.name, handle, "audio/wav")},
-                data={"provider": "local"},
-            )
-        if answer.status_code != 202:
-            print(f"submission refused: {answer.status_code} {answer.text}", file=sys.stderr)
-            return 1
-        job_id = answer.json()["job_id"]
-        print(f"job {job_id} accepted; following {api_url}/api/v1/jobs/{job_id}")
-        started = time.monotonic()
-        status, last_line = "", ""
-        while time.monotonic() - started < timeout_seconds:
-            job = (await client.get(f"/api/v1/jobs/{job_id}")).json()
-            status = job["status"]
-            progress = job.get("progress") or {}
-            line = f"\r{status:<13} {_bar(progress.get('chunks_done', 0), progress.get('chunks_total') or 0)}"
-            line += f"  {time.monotonic() - started:5.1f}s"
-            if line != last_line:
-                print(line, end="", flush=True)
-                last_line = line
-            if status in _TERMINAL:
-                break
-            await asyncio.sleep(0.5)
-        print()
-        if status != "COMPLETED":
-            error = job.get("error") or {}
-            print(f"job ended {status}: {error.get('code')}: {error.get('message')}", file=sys.stderr)
-            return 1
-        elapsed = time.monotonic() - started
-        transcript = (await client.get(f"/api/v1/jobs/{job_id}/result", params={"format": "txt"})).text
-        document = (await client.get(f"/api/v1/jobs/{job_id}/result", params={"format": "json"})).json()
+    progress = Progress(sys.stdout)
+    try:
+        with SttClient(api_url, api_key) as client:
+            submitted = client.submit_file(audio, {"provider": "local"}, on_progress=progress.upload)
+            job_id = str(submitted["job_id"])
+            progress.end()
+            print(f"job {job_id} accepted; following {api_url}/api/v1/jobs/{job_id}")
+            print(f"(the same from a shell: .venv/bin/stt follow {job_id})")
+            started = time.monotonic()
+            job = client.follow(job_id, progress.job, interval=0.5, timeout=timeout_seconds)
+            progress.end()
+            if job["status"] != "COMPLETED":
+                error = job.get("error") or {}
+                reason = f"{error.get('code')}: {error.get('message')}"
+                print(f"job ended {job['status']}: {reason}", file=sys.stderr)
+                return 1
+            elapsed = time.monotonic() - started
+            transcript = client.result(job_id, "txt").decode()
+            document = json.loads(client.result(job_id, "json"))
+    except ApiError as error:
+        progress.end()
+        print(f"demo: {error}", file=sys.stderr)
+        return 1
 
     print("\n--- transcript " + "-" * 60)
     print(transcript.strip())

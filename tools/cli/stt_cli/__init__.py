@@ -1,0 +1,1 @@
+"""The `stt` command-line client of the REST API."""

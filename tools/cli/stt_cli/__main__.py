@@ -1,0 +1,3 @@
+from stt_cli.main import main
+
+raise SystemExit(main())
