@@ -20,6 +20,7 @@ import math
 import operator
 import os
 import re
+import signal
 import statistics
 import struct
 import sys
@@ -290,7 +291,8 @@ async def normalise(
     Recordings longer than ``max_duration_s`` (at most :data:`MAX_WAV_SECONDS`, the WAV format's
     limit) are refused; ffmpeg stops writing just past the limit, so a huge input cannot fill the
     disk. Raises InvalidAudioError when the input cannot be decoded, yields no samples or is too
-    long (``dst`` is then removed) and MediaTimeoutError past ``timeout_s``.
+    long (``dst`` is then removed), MediaTimeoutError past ``timeout_s``, and DecoderKilledError
+    when ffmpeg dies from a signal (the media is not to blame).
     """
     _check_readable(src)
     limit = MAX_WAV_SECONDS if max_duration_s is None else min(max_duration_s, MAX_WAV_SECONDS)
@@ -304,6 +306,11 @@ async def normalise(
     ]  # fmt: skip
     try:
         returncode, _, _, err = await _run(argv, timeout_s=timeout_s, want_stdout=False)
+        if returncode < 0:
+            raise DecoderKilledError(
+                f"ffmpeg was killed by {_signal_name(-returncode)} while decoding "
+                "(out of memory, or the node stopping it?)"
+            )
         if returncode != 0:
             raise _explain_failure(err, src, "the audio could not be decoded")
         try:
@@ -319,6 +326,18 @@ async def normalise(
             os.unlink(dst)
         raise
     return duration
+
+
+class DecoderKilledError(RuntimeError):
+    """ffmpeg died from a signal: a fault of the machine, not of the media. Not an `SttError`, so the
+    job is not failed: the stage runner retries the message (and redelivers it after a restart)."""
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def _hours(seconds: float) -> str:

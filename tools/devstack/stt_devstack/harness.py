@@ -118,8 +118,9 @@ class Jobs:
         provider: str = "local",
         context_mode: str = "parallel",
         language: str | None = None,
+        job_id: uuid.UUID | None = None,
     ) -> uuid.UUID:
-        job_id = uuid.uuid4()
+        job_id = job_id or uuid.uuid4()
         await self.store.upload_file(original_key(job_id), audio)
         async with self.sessions() as session:
             session.add(
