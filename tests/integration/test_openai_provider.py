@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import math
-import struct
 import time
-import wave
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -32,27 +29,14 @@ from stt_transcriber.providers import register_builtin_providers
 from stt_transcriber.providers.openai import (
     OpenAIProvider,
     OpenAIRequestError,
-    normalise_language,
     parse_retry_after,
 )
-from stt_transcriber.providers.vendor import context_prompt
+from stt_transcriber.providers.vendor import context_prompt, normalise_language
 from tests.fakes.openai_server import Failure, FakeOpenAI, FakeOpenAIProcess
+from tests.fixtures.audio import sine_wav
 from tests.helpers import free_port
 
 API_KEY = "sk-test-0123456789abcdefSECRET"
-
-
-def make_wav(path: Path, seconds: float, *, rate: int = 16_000, tone_hz: float = 440.0) -> Path:
-    n = round(seconds * rate)
-    frames = b"".join(
-        struct.pack("<h", int(8000 * math.sin(2 * math.pi * tone_hz * i / rate))) for i in range(n)
-    )
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(frames)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -75,12 +59,12 @@ async def provider(fake: FakeOpenAI) -> AsyncIterator[OpenAIProvider]:
 
 @pytest.fixture(scope="module")
 def audio(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_wav(tmp_path_factory.mktemp("openai") / "chunk-0007.wav", 12.0)
+    return sine_wav(tmp_path_factory.mktemp("openai") / "chunk-0007.wav", 12.0)
 
 
 @pytest.fixture(scope="module")
 def short_audio(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_wav(tmp_path_factory.mktemp("openai") / "short.wav", 1.0)
+    return sine_wav(tmp_path_factory.mktemp("openai") / "short.wav", 1.0)
 
 
 def _assert_no_key(exc: BaseException) -> None:
@@ -418,7 +402,7 @@ async def test_invalid_audio(
     with pytest.raises(InvalidAudioError, match="Invalid file format"):
         await provider.transcribe(not_wav, ProviderRequest())
     with pytest.raises(InvalidAudioError, match="audio_too_short"):
-        await provider.transcribe(make_wav(tmp_path / "blip.wav", 0.05), ProviderRequest())
+        await provider.transcribe(sine_wav(tmp_path / "blip.wav", 0.05), ProviderRequest())
     assert [r.content_type for r in fake.requests()][-2:] == ["audio/mpeg", "audio/wav"]
 
 
@@ -431,7 +415,7 @@ async def test_local_audio_problems_fail_before_any_request(
     with pytest.raises(InvalidAudioError, match="empty"):
         await provider.transcribe(tmp_path / "empty.wav", ProviderRequest())
     with pytest.raises(InvalidAudioError, match="no audio samples"):
-        await provider.transcribe(make_wav(tmp_path / "zero.wav", 0.0), ProviderRequest())
+        await provider.transcribe(sine_wav(tmp_path / "zero.wav", 0.0), ProviderRequest())
     assert fake.requests() == []
 
 

@@ -31,6 +31,24 @@ class ProviderPool:
                 "model": s.openai_model,
                 "timeout": s.provider_timeout_seconds,
             }
+        if name == "gemini":
+            return {
+                "api_key": s.gemini_api_key.get_secret_value() if s.gemini_api_key else None,
+                "base_url": s.gemini_base_url,
+                "model": s.gemini_model,
+                "timeout": s.provider_timeout_seconds,
+                "inline_max_bytes": s.gemini_inline_max_bytes,
+                "temperature": s.gemini_temperature,
+            }
+        if name == "elevenlabs":
+            return {
+                "api_key": s.elevenlabs_api_key.get_secret_value() if s.elevenlabs_api_key else None,
+                "base_url": s.elevenlabs_base_url,
+                "model": s.elevenlabs_model,
+                "timeout": s.provider_timeout_seconds,
+                "diarize": s.elevenlabs_diarize,
+                "tag_audio_events": s.elevenlabs_tag_audio_events,
+            }
         return {}
 
     def get(self, name: str) -> Provider:

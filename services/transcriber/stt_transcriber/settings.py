@@ -38,4 +38,22 @@ class TranscriberSettings(Settings):
     openai_api_key: SecretStr | None = None
     openai_base_url: str | None = None
     openai_model: str = "whisper-1"
-    provider_timeout_seconds: float = Field(default=300.0, gt=0)
+    provider_timeout_seconds: float = Field(
+        default=300.0, gt=0, description="Per HTTP call to a remote vendor (openai, gemini, elevenlabs)."
+    )
+
+    # Google Gemini (google-genai).
+    gemini_api_key: SecretStr | None = None
+    gemini_base_url: str | None = None
+    gemini_model: str = "gemini-2.5-flash"
+    gemini_inline_max_bytes: int = Field(
+        default=15 * 1024 * 1024, ge=0, description="Larger chunks go through the Files API."
+    )
+    gemini_temperature: float = Field(default=0.0, ge=0)
+
+    # ElevenLabs Speech-to-Text (Scribe).
+    elevenlabs_api_key: SecretStr | None = None
+    elevenlabs_base_url: str | None = None
+    elevenlabs_model: str = "scribe_v1"
+    elevenlabs_diarize: bool = False
+    elevenlabs_tag_audio_events: bool = False

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from stt_common.providers.base import register_provider
+from stt_transcriber.providers.elevenlabs import ElevenLabsProvider
+from stt_transcriber.providers.gemini import GeminiProvider
 from stt_transcriber.providers.local import LocalWhisperProvider
 from stt_transcriber.providers.openai import OpenAIProvider
 
@@ -13,3 +15,5 @@ def register_builtin_providers() -> None:
     """Register every built-in provider. Idempotent; add one `register_provider` line per provider."""
     register_provider("local", LocalWhisperProvider)
     register_provider("openai", OpenAIProvider)
+    register_provider("gemini", GeminiProvider)
+    register_provider("elevenlabs", ElevenLabsProvider)

@@ -26,7 +26,7 @@ from stt_common.errors import InvalidAudioError, SttError
 from stt_common.logs import get_logger
 from stt_common.providers.base import ProviderRequest
 from stt_common.transcript import ChunkTranscript, Segment, Word
-from stt_transcriber.providers.vendor import context_prompt
+from stt_transcriber.providers.vendor import context_prompt, normalise_language
 
 log = get_logger(__name__)
 
@@ -305,13 +305,6 @@ class LocalWhisperProvider:
         if code not in (None, "en"):
             log.info("local_language_ignored", requested=language, model=self.config.model_name, used="en")
         return "en"
-
-
-def normalise_language(language: str | None) -> str | None:
-    """Whisper's language code: "en-US", "EN" and "en_GB" give "en"; "" gives None."""
-    if not language or not language.strip():
-        return None
-    return language.strip().replace("_", "-").split("-", 1)[0].lower()
 
 
 def _decode(audio_path: Path) -> Any:

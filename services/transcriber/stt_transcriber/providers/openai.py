@@ -51,6 +51,7 @@ from stt_transcriber.providers.vendor import (
     content_type,
     context_prompt,
     describe_validation_error,
+    normalise_language,
     parse_retry_after,
     read_audio,
     redact,
@@ -78,33 +79,6 @@ AUDIO_ERROR_CODES = frozenset(
 )
 # `request.options` keys passed to the API (others are ignored: they may be meant for another provider).
 PASSTHROUGH_OPTIONS = frozenset({"temperature"})
-
-# Whisper's language names (as `verbose_json` reports them) to ISO 639-1 codes, so transcripts carry the
-# same codes as the `local` provider's.
-WHISPER_LANGUAGE_CODES: dict[str, str] = {
-    "english": "en", "chinese": "zh", "german": "de", "spanish": "es", "russian": "ru", "korean": "ko",
-    "french": "fr", "japanese": "ja", "portuguese": "pt", "turkish": "tr", "polish": "pl", "catalan": "ca",
-    "dutch": "nl", "arabic": "ar", "swedish": "sv", "italian": "it", "indonesian": "id", "hindi": "hi",
-    "finnish": "fi", "vietnamese": "vi", "hebrew": "he", "ukrainian": "uk", "greek": "el", "malay": "ms",
-    "czech": "cs", "romanian": "ro", "danish": "da", "hungarian": "hu", "tamil": "ta", "norwegian": "no",
-    "thai": "th", "urdu": "ur", "croatian": "hr", "bulgarian": "bg", "lithuanian": "lt", "latin": "la",
-    "maori": "mi", "malayalam": "ml", "welsh": "cy", "slovak": "sk", "telugu": "te", "persian": "fa",
-    "latvian": "lv", "bengali": "bn", "serbian": "sr", "azerbaijani": "az", "slovenian": "sl",
-    "kannada": "kn", "estonian": "et", "macedonian": "mk", "breton": "br", "basque": "eu",
-    "icelandic": "is", "armenian": "hy", "nepali": "ne", "mongolian": "mn", "bosnian": "bs",
-    "kazakh": "kk", "albanian": "sq", "swahili": "sw", "galician": "gl", "marathi": "mr", "punjabi": "pa",
-    "sinhala": "si", "khmer": "km", "shona": "sn", "yoruba": "yo", "somali": "so", "afrikaans": "af",
-    "occitan": "oc", "georgian": "ka", "belarusian": "be", "tajik": "tg", "sindhi": "sd",
-    "gujarati": "gu", "amharic": "am", "yiddish": "yi", "lao": "lo", "uzbek": "uz", "faroese": "fo",
-    "haitian creole": "ht", "pashto": "ps", "turkmen": "tk", "nynorsk": "nn", "maltese": "mt",
-    "sanskrit": "sa", "luxembourgish": "lb", "myanmar": "my", "tibetan": "bo", "tagalog": "tl",
-    "malagasy": "mg", "assamese": "as", "tatar": "tt", "hawaiian": "haw", "lingala": "ln", "hausa": "ha",
-    "bashkir": "ba", "javanese": "jw", "sundanese": "su", "cantonese": "yue",
-    # Aliases Whisper accepts.
-    "burmese": "my", "valencian": "ca", "flemish": "nl", "haitian": "ht", "letzeburgesch": "lb",
-    "pushto": "ps", "panjabi": "pa", "moldavian": "ro", "moldovan": "ro", "sinhalese": "si",
-    "castilian": "es", "mandarin": "zh",
-}  # fmt: skip
 
 
 class OpenAIRequestError(VendorRequestError):
@@ -378,16 +352,6 @@ class OpenAIProvider:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-def normalise_language(language: str | None) -> str | None:
-    """ISO 639-1 code for the API: "en-US", "EN" and "en_GB" give "en"; "English" gives "en"; "" None."""
-    if not language or not language.strip():
-        return None
-    value = language.strip().lower()
-    if value in WHISPER_LANGUAGE_CODES:
-        return WHISPER_LANGUAGE_CODES[value]
-    return value.replace("_", "-").split("-", 1)[0]
 
 
 def _error_field(exc: openai.APIStatusError, name: str) -> str | None:

@@ -1,0 +1,497 @@
+"""A fake ElevenLabs Speech to Text API: `POST /v1/speech-to-text` with the documented multipart request,
+the documented answer (`language_code`, `language_probability`, `text`, `words` of type word / spacing /
+audio_event with `start`, `end`, `speaker_id`, `logprob`) and error bodies
+(`{"detail": {type, code, status, message, param, request_id}}`, and FastAPI's 422
+`{"detail": [{loc, msg, type}]}`), on 127.0.0.1 only.
+
+By default it answers with a deterministic transcript derived from the uploaded WAV's duration: words
+"w0 w1 ..." one every `word_seconds` (0.5 s, each lasting 80% of its slot), with a spacing entry between
+words; with `diarize=true` the speaker alternates between "speaker_0" and "speaker_1" every
+`speaker_seconds` (5 s); with `tag_audio_events=true` and `audio_event_at` set, a "(laughter)" event is
+inserted there. `transcript_for(duration)` (in-process) replaces the word list. A fixed `latency` delays
+every answer, and a queue of scripted failures is consumed one per request, in order.
+
+    with FakeElevenLabs(api_key="sk_test") as fake:
+        provider = ElevenLabsProvider(api_key="sk_test", base_url=fake.base_url)
+        fake.fail(Failure.rate_limited(retry_after=3), Failure.server_error(503))
+        ...
+        assert fake.requests()[0].model_id == "scribe_v1"
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import math
+import socket
+import threading
+import time
+import uuid
+import wave
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from types import TracebackType
+from typing import Any, Literal
+
+import uvicorn
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.datastructures import UploadFile
+
+HOST = "127.0.0.1"
+MODELS = ("scribe_v1", "scribe_v1_experimental", "scribe_v2")
+MIN_AUDIO_SECONDS = 0.1
+# ISO 639-1 to the ISO 639-3 codes ElevenLabs reports.
+_LANGUAGE_CODES = {"en": "eng", "de": "deu", "fr": "fra", "es": "spa", "hy": "hye", "ru": "rus", "ja": "jpn"}
+
+TranscriptFor = Callable[[float], Sequence[dict[str, Any]]]
+
+
+class FakeConfig(BaseModel):
+    latency: float = Field(default=0.0, ge=0, description="Seconds before every answer.")
+    api_key: str | None = Field(default=None, description="When set, other `xi-api-key` values get a 401.")
+    word_seconds: float = Field(default=0.5, gt=0)
+    speaker_seconds: float = Field(default=5.0, gt=0)
+    audio_event_at: float | None = Field(default=None, description="Where a (laughter) event goes.")
+    language_code: str = Field(default="eng", description="Reported when no language is requested.")
+
+
+class Failure(BaseModel):
+    """One scripted misbehaviour, used by one request.
+
+    kind "error": `{"detail": {type, code, status, message, param, request_id}}` with HTTP `status`.
+    kind "body": `status` with `body` as is (str) or as JSON (anything else).
+    kind "hang": wait `seconds` (or until the server stops), then answer normally.
+    `message` may contain {api_key} (the key received).
+    """
+
+    kind: Literal["error", "body", "hang"] = "error"
+    status: int = 500
+    type: str | None = None
+    code: str | None = None
+    message: str | None = None
+    param: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    body: Any = None
+    content_type: str = "application/json"
+    seconds: float = 3600.0
+
+    @classmethod
+    def error(
+        cls,
+        status: int,
+        type: str,
+        code: str,
+        message: str,
+        *,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Failure:
+        return cls(status=status, type=type, code=code, message=message, param=param, headers=headers or {})
+
+    @classmethod
+    def unauthorized(cls, message: str = "Invalid API key") -> Failure:
+        return cls.error(401, "authentication_error", "invalid_api_key", message)
+
+    @classmethod
+    def quota_exceeded(cls) -> Failure:
+        """The legacy body ElevenLabs has been seen to send with a 401."""
+        message = "This request exceeds your quota of 10000. You have 0 credits remaining."
+        return cls.json_body({"detail": {"status": "quota_exceeded", "message": message}}, status=401)
+
+    @classmethod
+    def insufficient_credits(cls) -> Failure:
+        message = "Your account does not have enough credits for this operation."
+        return cls.error(402, "payment_required", "insufficient_credits", message)
+
+    @classmethod
+    def rate_limited(cls, retry_after: float | str | None = None, *, concurrent: bool = False) -> Failure:
+        headers = {} if retry_after is None else {"Retry-After": str(retry_after)}
+        if concurrent:
+            message = "Maximum number of concurrent requests exceeded."
+            return cls.error(429, "rate_limit_error", "concurrent_limit_exceeded", message, headers=headers)
+        return cls.error(
+            429, "rate_limit_error", "rate_limit_exceeded", "Too many requests.", headers=headers
+        )
+
+    @classmethod
+    def server_error(cls, status: int = 500, retry_after: float | None = None) -> Failure:
+        headers = {} if retry_after is None else {"Retry-After": str(retry_after)}
+        if status == 503:
+            message = "The service is temporarily unavailable. Try again later."
+            return cls.error(503, "service_unavailable", "service_unavailable", message, headers=headers)
+        return cls.error(status, "internal_error", "internal_error", "An unexpected error occurred.")
+
+    @classmethod
+    def invalid_audio(cls) -> Failure:
+        message = "The provided audio is invalid or corrupted."
+        return cls.error(400, "validation_error", "invalid_audio", message, param="file")
+
+    @classmethod
+    def hang(cls, seconds: float = 3600.0) -> Failure:
+        return cls(kind="hang", seconds=seconds)
+
+    @classmethod
+    def garbage(cls, body: str = "<html><body>502 Bad Gateway</body></html>") -> Failure:
+        return cls(kind="body", status=200, body=body)
+
+    @classmethod
+    def json_body(cls, body: Any, status: int = 200) -> Failure:
+        return cls(kind="body", status=status, body=body)
+
+    @classmethod
+    def times_past_end(cls) -> Failure:
+        word = {"text": "w0", "start": 0.0, "end": 5000.0, "type": "word", "logprob": -0.1}
+        return cls.json_body(
+            {"language_code": "eng", "language_probability": 0.9, "text": "w0", "words": [word]}
+        )
+
+
+class RecordedRequest(BaseModel):
+    index: int
+    received_at: float
+    path: str
+    api_key: str | None = None
+    model_id: str | None = None
+    language_code: str | None = None
+    timestamps_granularity: str | None = None
+    diarize: str | None = None
+    tag_audio_events: str | None = None
+    num_speakers: str | None = None
+    temperature: str | None = None
+    keyterms: list[str] = Field(default_factory=list)
+    filename: str | None = None
+    content_type: str | None = None
+    file_size: int = 0
+    audio_seconds: float | None = None
+    fields: list[str] = Field(default_factory=list, description="Every form field name received.")
+    failure: str | None = None
+    status: int | None = None
+
+
+class FakeElevenLabsState:
+    """What the server shares with its controller (thread-safe: the server runs in its own thread)."""
+
+    def __init__(self, config: FakeConfig) -> None:
+        self.initial_config = config
+        self.config = config.model_copy()
+        self.transcript_for: TranscriptFor | None = None
+        self.stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._failures: deque[Failure] = deque()
+        self._requests: list[RecordedRequest] = []
+        self._in_flight = 0
+        self.max_in_flight = 0
+
+    def reset(self) -> None:
+        with self._lock:
+            self.config = self.initial_config.model_copy()
+            self.transcript_for = None
+            self._failures.clear()
+            self._requests.clear()
+            self._in_flight = self.max_in_flight = 0
+
+    def configure(self, **changes: Any) -> FakeConfig:
+        with self._lock:
+            self.config = FakeConfig.model_validate({**self.config.model_dump(), **changes})
+            return self.config
+
+    def add_failures(self, failures: Sequence[Failure]) -> None:
+        with self._lock:
+            self._failures.extend(failures)
+
+    def next_failure(self) -> Failure | None:
+        with self._lock:
+            return self._failures.popleft() if self._failures else None
+
+    def pending_failures(self) -> list[Failure]:
+        with self._lock:
+            return list(self._failures)
+
+    def record(self, **fields: Any) -> RecordedRequest:
+        with self._lock:
+            recorded = RecordedRequest(index=len(self._requests), received_at=time.time(), **fields)
+            self._requests.append(recorded)
+            return recorded
+
+    def requests(self) -> list[RecordedRequest]:
+        with self._lock:
+            return [r.model_copy() for r in self._requests]
+
+    @contextmanager
+    def tracking(self) -> Iterator[None]:
+        with self._lock:
+            self._in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self._in_flight)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep, but stop early when the server shuts down (so hangs never block shutdown)."""
+        deadline = time.monotonic() + seconds
+        while not self.stopping.is_set() and (left := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(left, 0.05))
+
+
+# --------------------------------------------------------------------------------- transcripts
+
+
+def default_words(
+    duration: float, config: FakeConfig, *, diarize: bool, events: bool
+) -> list[dict[str, Any]]:
+    """Words "w0 w1 ..." one per `word_seconds`, spacing between them, speakers and an event if asked."""
+    n_words = max(1, math.ceil(duration / config.word_seconds - 1e-9))
+    words: list[dict[str, Any]] = []
+    event_at = config.audio_event_at if events else None
+
+    def add(text: str, start: float, end: float, kind: str, speaker: str, logprob: float) -> None:
+        if words:  # a spacing entry between tokens, as the API sends
+            gap = {
+                "text": " ",
+                "start": words[-1]["end"],
+                "end": start,
+                "type": "spacing",
+                "speaker_id": speaker,
+            }
+            words.append(gap)
+        token = {"text": text, "start": round(start, 3), "end": round(end, 3), "type": kind}
+        words.append({**token, "speaker_id": speaker, "logprob": logprob})
+
+    for i in range(n_words):
+        start = i * config.word_seconds
+        speaker = f"speaker_{int(start // config.speaker_seconds) % 2}" if diarize else "speaker_0"
+        if event_at is not None and event_at <= start:
+            add("(laughter)", event_at, event_at, "audio_event", speaker, 0.0)
+            event_at = None
+        add(f"w{i}", start, min(start + 0.8 * config.word_seconds, duration), "word", speaker, -0.05)
+    return words
+
+
+def _error(status: int, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+def _detail(type: str, code: str, message: str, param: str | None = None) -> dict[str, Any]:
+    return {
+        "type": type,
+        "code": code,
+        "message": message,
+        "status": code,
+        "request_id": uuid.uuid4().hex,
+        "param": param,
+    }
+
+
+def _failure_response(failure: Failure, api_key: str | None) -> Response:
+    if failure.kind == "body":
+        content = failure.body if isinstance(failure.body, str) else json.dumps(failure.body)
+        return Response(content, failure.status, headers=failure.headers, media_type=failure.content_type)
+    message = (failure.message or "error").replace("{api_key}", api_key or "")
+    detail = _detail(
+        failure.type or "internal_error", failure.code or "internal_error", message, failure.param
+    )
+    return _error(failure.status, detail, failure.headers)
+
+
+def _wav_seconds(data: bytes) -> float | None:
+    try:
+        with wave.open(io.BytesIO(data)) as w:
+            rate = w.getframerate()
+            return w.getnframes() / rate if rate > 0 else None
+    except (wave.Error, EOFError):
+        return None
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def create_app(state: FakeElevenLabsState) -> FastAPI:
+    app = FastAPI(title="fake ElevenLabs STT", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.post("/v1/speech-to-text")
+    async def speech_to_text(request: Request) -> Response:
+        with state.tracking():
+            form = await request.form()
+            upload = form.get("file")
+            data = await upload.read() if isinstance(upload, UploadFile) else b""
+            failure = state.next_failure()
+            recorded = state.record(
+                path=request.url.path,
+                api_key=request.headers.get("xi-api-key"),
+                model_id=_text(form.get("model_id")),
+                language_code=_text(form.get("language_code")),
+                timestamps_granularity=_text(form.get("timestamps_granularity")),
+                diarize=_text(form.get("diarize")),
+                tag_audio_events=_text(form.get("tag_audio_events")),
+                num_speakers=_text(form.get("num_speakers")),
+                temperature=_text(form.get("temperature")),
+                keyterms=[k for k in form.getlist("keyterms") if isinstance(k, str)],
+                filename=upload.filename if isinstance(upload, UploadFile) else None,
+                content_type=upload.content_type if isinstance(upload, UploadFile) else None,
+                file_size=len(data),
+                audio_seconds=_wav_seconds(data) if data else None,
+                fields=sorted(set(form.keys())),
+                failure=failure.kind if failure else None,
+            )
+            await state.sleep(state.config.latency)
+            response = await _answer(failure, recorded)
+            recorded.status = response.status_code  # the stored object: visible to later `requests()`
+            return response
+
+    async def _answer(failure: Failure | None, call: RecordedRequest) -> Response:
+        if failure is not None and failure.kind != "hang":
+            return _failure_response(failure, call.api_key)
+        if failure is not None:
+            await state.sleep(failure.seconds)
+        config = state.config
+        if not call.api_key:
+            return _error(401, _detail("authentication_error", "missing_api_key", "Missing API key"))
+        if config.api_key is not None and call.api_key != config.api_key:
+            return _failure_response(Failure.unauthorized(), call.api_key)
+        missing = [
+            {"type": "missing", "loc": ["body", name], "msg": "Field required", "input": None}
+            for name, present in (("model_id", call.model_id), ("file", call.file_size))
+            if not present
+        ]
+        if missing:
+            return _error(422, missing)
+        if call.model_id not in MODELS:
+            message = f"Invalid model_id '{call.model_id}'. Use one of {', '.join(MODELS)}."
+            return _error(400, _detail("validation_error", "invalid_parameters", message, "model_id"))
+        if call.keyterms and call.model_id != "scribe_v2":
+            message = (
+                "The 'keyterms' parameter is only supported with the 'scribe_v2' model. "
+                f"You specified '{call.model_id}'."
+            )
+            return _error(400, _detail("validation_error", "invalid_parameters", message, "keyterms"))
+        language = call.language_code
+        if language is not None and not (2 <= len(language) <= 3 and language.isalpha()):
+            message = f"Invalid language_code '{language}'."
+            return _error(400, _detail("validation_error", "invalid_parameters", message, "language_code"))
+        seconds = call.audio_seconds
+        if seconds is None:
+            message = "The file type is not supported."
+            return _error(400, _detail("validation_error", "invalid_file_type", message, "file"))
+        if seconds < MIN_AUDIO_SECONDS:
+            message = "The audio is shorter than the minimum required duration."
+            return _error(400, _detail("validation_error", "audio_too_short", message, "file"))
+
+        diarize, events = call.diarize == "true", call.tag_audio_events == "true"
+        if state.transcript_for is not None:
+            words = list(state.transcript_for(seconds))
+        else:
+            words = default_words(seconds, config, diarize=diarize, events=events)
+        return JSONResponse(
+            {
+                "language_code": _LANGUAGE_CODES.get(language, language)
+                if language
+                else config.language_code,
+                "language_probability": 1.0 if language else 0.98,
+                "text": "".join(str(w.get("text", "")) for w in words).strip(),
+                "words": words,
+                "transcription_id": uuid.uuid4().hex,
+            },
+            headers={"request-id": uuid.uuid4().hex},
+        )
+
+    return app
+
+
+class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, state: FakeElevenLabsState) -> None:
+        super().__init__(config)
+        self._state = state
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        self._state.stopping.set()
+        super().handle_exit(sig, frame)
+
+
+class FakeElevenLabs:
+    """The fake in a background thread of this process: `with FakeElevenLabs() as fake: fake.base_url`."""
+
+    def __init__(self, *, latency: float = 0.0, api_key: str | None = None, **config: Any) -> None:
+        self.state = FakeElevenLabsState(FakeConfig(latency=latency, api_key=api_key, **config))
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self.port = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def start(self) -> FakeElevenLabs:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((HOST, 0))
+        sock.listen(1024)
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            create_app(self.state), log_level="warning", access_log=False, lifespan="off",
+            timeout_graceful_shutdown=2,
+        )  # fmt: skip
+        self._server = _Server(config, self.state)
+        self._thread = threading.Thread(
+            target=self._server.run,
+            kwargs={"sockets": [sock]},
+            name=f"fake-elevenlabs-{self.port}",
+            daemon=True,
+        )
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the fake ElevenLabs server did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self.state.stopping.set()
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(10)
+        self._server = self._thread = None
+
+    def __enter__(self) -> FakeElevenLabs:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def fail(self, *failures: Failure) -> None:
+        """Queue failures, used one per request in order (after any already queued)."""
+        self.state.add_failures(failures)
+
+    def pending_failures(self) -> list[Failure]:
+        return self.state.pending_failures()
+
+    def requests(self) -> list[RecordedRequest]:
+        return self.state.requests()
+
+    def configure(self, **changes: Any) -> FakeConfig:
+        return self.state.configure(**changes)
+
+    def reset(self) -> None:
+        self.state.reset()
+
+    @property
+    def max_in_flight(self) -> int:
+        return self.state.max_in_flight
+
+    @property
+    def transcript_for(self) -> TranscriptFor | None:
+        return self.state.transcript_for
+
+    @transcript_for.setter
+    def transcript_for(self, fn: TranscriptFor | None) -> None:
+        self.state.transcript_for = fn
