@@ -24,7 +24,6 @@ import asyncio
 import io
 import json
 import math
-import socket
 import threading
 import time
 import uuid
@@ -35,13 +34,13 @@ from contextlib import contextmanager
 from types import TracebackType
 from typing import Any, Literal
 
-import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 
-HOST = "127.0.0.1"
+from tests.fakes.loopback import HOST, ThreadedServer
+
 MODELS = ("scribe_v1", "scribe_v1_experimental", "scribe_v2")
 MIN_AUDIO_SECONDS = 0.1
 # ISO 639-1 to the ISO 639-3 codes ElevenLabs reports.
@@ -404,23 +403,12 @@ def create_app(state: FakeElevenLabsState) -> FastAPI:
     return app
 
 
-class _Server(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, state: FakeElevenLabsState) -> None:
-        super().__init__(config)
-        self._state = state
-
-    def handle_exit(self, sig: int, frame: Any) -> None:
-        self._state.stopping.set()
-        super().handle_exit(sig, frame)
-
-
 class FakeElevenLabs:
     """The fake in a background thread of this process: `with FakeElevenLabs() as fake: fake.base_url`."""
 
     def __init__(self, *, latency: float = 0.0, api_key: str | None = None, **config: Any) -> None:
         self.state = FakeElevenLabsState(FakeConfig(latency=latency, api_key=api_key, **config))
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._server: ThreadedServer | None = None
         self.port = 0
 
     @property
@@ -428,37 +416,14 @@ class FakeElevenLabs:
         return f"http://{HOST}:{self.port}"
 
     def start(self) -> FakeElevenLabs:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((HOST, 0))
-        sock.listen(1024)
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            create_app(self.state), log_level="warning", access_log=False, lifespan="off",
-            timeout_graceful_shutdown=2,
-        )  # fmt: skip
-        self._server = _Server(config, self.state)
-        self._thread = threading.Thread(
-            target=self._server.run,
-            kwargs={"sockets": [sock]},
-            name=f"fake-elevenlabs-{self.port}",
-            daemon=True,
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the fake ElevenLabs server did not start")
-            time.sleep(0.01)
+        self._server = ThreadedServer(create_app(self.state), self.state.stopping, name="fake-elevenlabs")
+        self.port = self._server.start()
         return self
 
     def stop(self) -> None:
-        self.state.stopping.set()
         if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(10)
-        self._server = self._thread = None
+            self._server.stop()
+        self._server = None
 
     def __enter__(self) -> FakeElevenLabs:
         return self.start()

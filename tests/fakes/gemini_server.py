@@ -34,7 +34,6 @@ import binascii
 import io
 import json
 import math
-import socket
 import threading
 import time
 import uuid
@@ -45,12 +44,12 @@ from contextlib import contextmanager
 from types import TracebackType
 from typing import Any, Literal
 
-import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-HOST = "127.0.0.1"
+from tests.fakes.loopback import HOST, ThreadedServer
+
 API_VERSION = "v1beta"
 # Google's documented limit of a whole generateContent request (inline data included).
 MAX_REQUEST_BYTES = 20 * 1024 * 1024
@@ -800,8 +799,7 @@ class FakeGemini:
     ) -> None:
         self.state = FakeGeminiState(FakeConfig(latency=latency, api_key=api_key, **config))
         self._log_level = log_level
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._server: ThreadedServer | None = None
         self.port = 0
 
     @property
@@ -814,37 +812,17 @@ class FakeGemini:
         return self.url
 
     def start(self) -> FakeGemini:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((HOST, 0))
-        sock.listen(1024)
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            create_app(self.state, lambda: self.url),
+        self._server = ThreadedServer(
+            create_app(self.state, lambda: self.url), self.state.stopping, name="fake-gemini",
             log_level=self._log_level,
-            access_log=False,
-            lifespan="off",
-            timeout_graceful_shutdown=2,
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, name=f"fake-gemini-{self.port}", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the fake Gemini server did not start")
-            time.sleep(0.01)
+        )  # fmt: skip
+        self.port = self._server.start()
         return self
 
     def stop(self) -> None:
-        self.state.stopping.set()
         if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(10)
-        self._server = self._thread = None
+            self._server.stop()
+        self._server = None
 
     def __enter__(self) -> FakeGemini:
         return self.start()

@@ -43,7 +43,6 @@ import io
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -53,17 +52,17 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any, Literal
 
 import httpx
-import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 
-HOST = "127.0.0.1"
+from tests.fakes.loopback import HOST, StoppableServer, ThreadedServer, bind_loopback
+
 URL_LINE_PREFIX = "FAKE_OPENAI_URL="
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -727,39 +726,6 @@ def create_app(state: FakeOpenAIState) -> FastAPI:
     return app
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    if host not in ("127.0.0.1", "localhost"):
-        raise ValueError(f"the fake OpenAI server listens on loopback only, not {host!r}")
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((HOST, port))
-    sock.listen(1024)
-    return sock
-
-
-class _Server(uvicorn.Server):
-    """uvicorn, ending scripted hangs and latencies at once when asked to stop (SIGINT/SIGTERM)."""
-
-    def __init__(self, config: uvicorn.Config, state: FakeOpenAIState) -> None:
-        super().__init__(config)
-        self._state = state
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        self._state.stopping.set()
-        super().handle_exit(sig, frame)
-
-
-def _uvicorn_config(app: FastAPI, log_level: str) -> uvicorn.Config:
-    return uvicorn.Config(
-        app,
-        log_level=log_level,
-        access_log=False,
-        lifespan="off",
-        timeout_graceful_shutdown=2,
-        timeout_keep_alive=30,
-    )
-
-
 # ------------------------------------------------------------------------------- in-process use
 
 
@@ -778,8 +744,7 @@ class FakeOpenAI:
         self.state = FakeOpenAIState(FakeConfig(latency=latency, api_key=api_key, **config))
         self._port = port
         self._log_level = log_level
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._server: ThreadedServer | None = None
         self.port = 0
 
     @property
@@ -791,27 +756,17 @@ class FakeOpenAI:
         return f"{self.url}/v1"
 
     def start(self) -> FakeOpenAI:
-        sock = _bind(HOST, self._port)
-        self.port = sock.getsockname()[1]
-        self._server = _Server(_uvicorn_config(create_app(self.state), self._log_level), self.state)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, name=f"fake-openai-{self.port}", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the fake OpenAI server did not start")
-            time.sleep(0.01)
+        self._server = ThreadedServer(
+            create_app(self.state), self.state.stopping, name="fake-openai", port=self._port,
+            log_level=self._log_level,
+        )  # fmt: skip
+        self.port = self._server.start()
         return self
 
     def stop(self) -> None:
-        self.state.stopping.set()
         if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(10)
-        self._server = self._thread = None
+            self._server.stop()
+        self._server = None
 
     def __enter__(self) -> FakeOpenAI:
         return self.start()
@@ -996,10 +951,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     if args.failures:
         state.add_failures([Failure.model_validate(f) for f in json.loads(args.failures)])
-    sock = _bind(args.host, args.port)
+    sock = bind_loopback(args.host, args.port)
     port = sock.getsockname()[1]
     print(f"{URL_LINE_PREFIX}http://{HOST}:{port}", flush=True)
-    server = _Server(_uvicorn_config(create_app(state), args.log_level), state)
+    server = StoppableServer(create_app(state), state.stopping, log_level=args.log_level)
     try:
         server.run(sockets=[sock])
     finally:
