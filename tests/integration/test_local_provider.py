@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import re
 import time
 import wave
@@ -164,10 +163,10 @@ async def test_event_loop_not_blocked_and_long_audio(
         done.set()
         await ticking
 
-    marks = [started, *[t for t in ticks if started <= t <= finished], finished]
-    gaps = [b - a for a, b in itertools.pairwise(marks)]
-    assert len(marks) > 5, "the transcription was too quick to say anything about the event loop"
-    assert max(gaps) < 0.5, f"event loop blocked for {max(gaps):.2f}s"
+    # Transcribing on the event loop would leave the ticker no turn at all until it finished; in a
+    # thread, it ticks throughout. Counted, not timed: a busy CI machine stretches the gaps.
+    during = [t for t in ticks if started < t < finished]
+    assert len(during) >= 5, f"the event loop ran {len(during)} times in {finished - started:.1f} s"
 
     assert transcript.language == "en"  # no language given: the English-only model says "en"
     assert len(transcript.segments) >= 2

@@ -214,12 +214,9 @@ async def test_concurrent_calls_share_one_client(
     fake: FakeOpenAI, provider: OpenAIProvider, short_audio: Path
 ) -> None:
     fake.configure(latency=0.5)
-    started = time.perf_counter()
     results = await asyncio.gather(*(provider.transcribe(short_audio, ProviderRequest()) for _ in range(8)))
-    elapsed = time.perf_counter() - started
     assert all(r.text == "w0 w1" for r in results)
-    assert fake.stats().max_in_flight == 8
-    assert elapsed < 2.0, f"8 calls of 0.5 s took {elapsed:.2f}s: not concurrent"
+    assert fake.stats().max_in_flight == 8, "all eight were at the server at once: concurrent, not queued"
 
 
 # ----------------------------------------------------------------------------------------- errors

@@ -182,11 +182,21 @@ class ChunkerHandler:
         try:
             while not decoding.done():
                 await asyncio.wait([decoding], timeout=_DECODE_POLL_SECONDS)
+                if decoding.done():
+                    break  # its result, or the error that explains everything else, is taken below
                 for upload in uploads:
                     if upload.done():
                         upload.result()  # an upload that failed stops the job's chunking now
                 available = normalised_seconds_written(wav)
-                start_uploads(await asyncio.to_thread(planner.advance, available))
+                try:
+                    ready = await asyncio.to_thread(planner.advance, available)
+                except Exception:
+                    if decoding.done():
+                        # The decoder failed meanwhile and removed the WAV the planner was reading:
+                        # its error (invalid audio, killed, ...) is the one that explains this.
+                        decoding.result()
+                    raise
+                start_uploads(ready)
             duration = decoding.result()
             lap("decode")
             start_uploads(await asyncio.to_thread(planner.finish, duration))
