@@ -15,7 +15,7 @@ every answer, and a queue of scripted failures is consumed one per request, in o
         provider = ElevenLabsProvider(api_key="sk_test", base_url=fake.base_url)
         fake.fail(Failure.rate_limited(retry_after=3), Failure.server_error(503))
         ...
-        assert fake.requests()[0].model_id == "scribe_v1"
+        assert fake.requests()[0].model_id == "scribe_v2"
 """
 
 from __future__ import annotations

@@ -107,7 +107,7 @@ async def test_words_segment_and_language(
     result = await provider.transcribe(audio, ProviderRequest())
 
     assert result.provider == "elevenlabs"
-    assert result.model == "scribe_v1"
+    assert result.model == "scribe_v2"
     assert result.language == "en"  # the API's "eng", as the pipeline's ISO 639-1 code
     [segment] = result.segments  # no pause, no sentence end, under 30 s: one segment
     assert segment.text == " ".join(f"w{i}" for i in range(24))
@@ -122,7 +122,7 @@ async def test_words_segment_and_language(
     [req] = fake.requests()
     assert req.path == "/v1/speech-to-text"
     assert req.api_key == API_KEY
-    assert req.model_id == "scribe_v1"
+    assert req.model_id == "scribe_v2"
     assert req.timestamps_granularity == "word"
     assert (req.diarize, req.tag_audio_events) == ("false", "false")
     assert req.language_code is None
@@ -168,10 +168,15 @@ async def test_no_keyterms_for_scribe_v1(
     fake: FakeElevenLabs, provider: ElevenLabsProvider, short_audio: Path
 ) -> None:
     # The fake, like the API, refuses keyterms for scribe_v1 with a 400: the provider leaves them out.
-    result = await provider.transcribe(short_audio, ProviderRequest(options={"vocabulary": ["Yerevan"]}))
+    request = ProviderRequest(model="scribe_v1", options={"vocabulary": ["Yerevan"]})
+    result = await provider.transcribe(short_audio, request)
     assert result.text == "w0 w1"
     [req] = fake.requests()
+    assert req.model_id == "scribe_v1"
     assert "keyterms" not in req.fields
+    # The default model takes them.
+    await provider.transcribe(short_audio, ProviderRequest(options={"vocabulary": ["Yerevan"]}))
+    assert fake.requests()[1].keyterms == ["Yerevan"]
 
 
 async def test_diarization_gives_speakers(fake: FakeElevenLabs, audio: Path) -> None:
@@ -330,7 +335,7 @@ async def test_unauthorized(fake: FakeElevenLabs, provider: ElevenLabsProvider, 
     assert not err.transient
     assert not is_transient(err)
     assert classify(err) is ErrorCode.AUTH_ERROR
-    assert "elevenlabs (scribe_v1): HTTP 401 invalid_api_key: Invalid API key: ***" in err.message
+    assert "elevenlabs (scribe_v2): HTTP 401 invalid_api_key: Invalid API key: ***" in err.message
     assert "STT_ELEVENLABS_API_KEY" in err.message
     assert "(request " in err.message
     assert "\n" not in err.message
@@ -415,7 +420,7 @@ async def test_hang_is_a_timeout(fake: FakeElevenLabs, short_audio: Path) -> Non
     err = info.value
     assert err.transient
     assert classify(err) is ErrorCode.TIMEOUT
-    assert "elevenlabs (scribe_v1): no answer from" in err.message
+    assert "elevenlabs (scribe_v2): no answer from" in err.message
     assert "0.5 s" in err.message
     assert "STT_PROVIDER_TIMEOUT_SECONDS" in err.message
     _assert_no_key(err)
@@ -463,7 +468,7 @@ async def test_garbage_200_is_transient_unavailable(
     err = info.value
     assert err.transient
     assert classify(err) is ErrorCode.PROVIDER_UNAVAILABLE
-    assert "elevenlabs (scribe_v1): provider returned garbage" in err.message
+    assert "elevenlabs (scribe_v2): provider returned garbage" in err.message
     assert expect in err.message
 
 

@@ -49,5 +49,5 @@ async def test_elevenlabs_from_settings(audio: Path, monkeypatch: pytest.MonkeyP
             await pool.aclose()
         assert fake.requests()[0].diarize == "true"
     assert transcript.provider == "elevenlabs"
-    assert transcript.model == "scribe_v1"
+    assert transcript.model == "scribe_v2"
     assert transcript.text

@@ -54,6 +54,6 @@ class TranscriberSettings(Settings):
     # ElevenLabs Speech-to-Text (Scribe).
     elevenlabs_api_key: SecretStr | None = None
     elevenlabs_base_url: str | None = None
-    elevenlabs_model: str = "scribe_v1"
+    elevenlabs_model: str = "scribe_v2"
     elevenlabs_diarize: bool = False
     elevenlabs_tag_audio_events: bool = False

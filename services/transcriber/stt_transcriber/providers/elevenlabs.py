@@ -77,7 +77,7 @@ log = get_logger(__name__)
 
 NAME = "elevenlabs"
 DEFAULT_BASE_URL = "https://api.elevenlabs.io"
-DEFAULT_MODEL = "scribe_v1"
+DEFAULT_MODEL = "scribe_v2"
 ENDPOINT = "/v1/speech-to-text"
 KEY_ENV = "ELEVENLABS_API_KEY"
 KEY_SETTING = "STT_ELEVENLABS_API_KEY"
@@ -193,7 +193,8 @@ class ElevenLabsProvider:
       api_key: the key (`STT_ELEVENLABS_API_KEY`); `ELEVENLABS_API_KEY` from the environment when unset.
       base_url: "https://api.elevenlabs.io" by default (a data-residency host, or a test server); a
         trailing "/v1" is ignored.
-      model: "scribe_v1" by default; `ProviderRequest.model` overrides it per call.
+      model: "scribe_v2" by default (the current batch model; "scribe_v1" still works);
+        `ProviderRequest.model` overrides it per call.
       timeout: seconds for each phase of an HTTP call (connect, upload, waiting for the answer).
       diarize: ask for speaker labels (`Segment.speaker` is then "speaker_0", "speaker_1", ...).
       tag_audio_events: ask for audio events, kept in the segment text as "[laughter]".
