@@ -8,6 +8,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -19,7 +20,7 @@ from stt_common.messages import Envelope, Topic
 from stt_common.runner import Outcome
 from stt_common.s3 import ObjectStore, chunk_audio_key, chunk_result_key
 from stt_common.settings import Settings
-from stt_transcriber.handler import TranscriberHandler
+from stt_transcriber.handler import TranscriberHandler, job_prompt
 from stt_transcriber.pool import ProviderPool
 from stt_transcriber.providers import register_builtin_providers
 from stt_transcriber.settings import TranscriberSettings
@@ -66,10 +67,23 @@ async def handler(
     await pool.aclose()
 
 
-async def new_job(sessions: async_sessionmaker[AsyncSession], store: ObjectStore, wav: Path) -> uuid.UUID:
+async def new_job(
+    sessions: async_sessionmaker[AsyncSession],
+    store: ObjectStore,
+    wav: Path,
+    options: dict[str, Any] | None = None,
+) -> uuid.UUID:
     job_id = uuid.uuid4()
     async with sessions() as session:
-        session.add(Job(id=job_id, status=JobStatus.TRANSCRIBING, provider="openai", chunks_total=1))
+        session.add(
+            Job(
+                id=job_id,
+                status=JobStatus.TRANSCRIBING,
+                provider="openai",
+                chunks_total=1,
+                options=options or {},
+            )
+        )
         await session.flush()
         session.add(Chunk(job_id=job_id, chunk_index=0, start_seconds=0, end_seconds=CHUNK_SECONDS))
         await session.commit()
@@ -109,6 +123,23 @@ async def test_success_completes_the_chunk_and_starts_the_merge(
     requests = len(fake.requests())
     assert await handler(trigger(job_id)) is Outcome.DUPLICATE
     assert len(fake.requests()) == requests
+
+
+async def test_the_jobs_prompt_and_vocabulary_reach_the_provider(
+    handler: TranscriberHandler,
+    sessionmaker_,
+    store: ObjectStore,
+    chunk_wav: Path,
+    fake: FakeOpenAI,  # type: ignore[no-untyped-def]
+) -> None:
+    options = {"prompt": "A talk about queues.", "vocabulary": ["Tansu", " Kafka ", "Tansu", ""]}
+    job_id = await new_job(sessionmaker_, store, chunk_wav, options)
+    fake.clear_requests()
+    assert await handler(trigger(job_id)) is Outcome.OK
+    [request] = fake.requests()
+    assert request.prompt == "A talk about queues. Tansu, Kafka."
+    assert job_prompt({"vocabulary": ["Yerevan"]}) == "Yerevan."
+    assert job_prompt({"prompt": "  ", "vocabulary": []}) is None
 
 
 @pytest.mark.parametrize(

@@ -193,7 +193,7 @@ class TranscriberHandler:
                 request = ProviderRequest(
                     language=job.language,
                     model=job.model,
-                    prompt=(job.options or {}).get("prompt"),
+                    prompt=job_prompt(job.options or {}),
                     context_segments=context,
                     options=dict(job.options or {}),
                 )
@@ -411,3 +411,12 @@ def _backoff(attempt: int, base: float, cap: float) -> float:
 
 def _gap_total(gaps: list[tuple[float, float]]) -> float:
     return sum(end - start for start, end in gaps)
+
+
+def job_prompt(options: dict[str, Any]) -> str | None:
+    """The job's prompt followed by its vocabulary ("Yerevan, Kafka."): prompt-driven providers (local,
+    openai, gemini) spell the terms as given; elevenlabs sends the vocabulary as keyterms instead."""
+    prompt = str(options.get("prompt") or "").strip()
+    terms = [str(t).strip() for t in options.get("vocabulary") or [] if str(t).strip()]
+    vocabulary = ", ".join(dict.fromkeys(terms)) + "." if terms else ""
+    return " ".join(part for part in (prompt, vocabulary) if part) or None
