@@ -25,7 +25,7 @@ def job_line(job: dict[str, Any], elapsed: float) -> str:
     chunks = f"{done}/{total} chunks" if total else "chunks not cut yet"
     line = f"{job['status']:<12} {bar(done, total)} {chunks}  {elapsed:5.1f} s"
     if done and total and done < total and job["status"] == "TRANSCRIBING":
-        # A rough estimate from chunks done so far; chunks run in parallel, so it is an upper bound.
+        # A rough estimate from the pace of chunks done so far (parallel chunks finish in bursts).
         started = job.get("_transcribing_since", elapsed)
         rate = (elapsed - started) / done if elapsed > started else 0.0
         if rate > 0:
