@@ -8,6 +8,7 @@ import asyncio
 import os
 import signal
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -44,28 +45,29 @@ def _ffmpeg_pids(job_id: uuid.UUID) -> list[int]:
     return pids
 
 
-async def _kill_ffmpeg_once_a_chunk_is_up(job_id: uuid.UUID, store: ObjectStore) -> int:
-    """Freeze the job's ffmpeg as soon as it starts, let it run in 20 ms steps until a chunk is in S3,
-    then SIGKILL it. Returns how many chunks were up when it died."""
-    pid = None
-    while pid is None:
-        pids = _ffmpeg_pids(job_id)
-        if pids:
-            pid = pids[0]
-            os.kill(pid, signal.SIGSTOP)
-        else:
-            await asyncio.sleep(0.002)
+async def _step_ffmpeg_until(job_id: uuid.UUID, done: Callable[[], Awaitable[bool]], why: str) -> int:
+    """Freeze the job's ffmpeg as soon as it starts and let it decode in 3 ms steps, giving the chunker
+    time to plan and upload between them, until `done()`. Returns its pid, left frozen."""
+    while not (pids := _ffmpeg_pids(job_id)):
+        await asyncio.sleep(0.002)
+    pid = pids[0]
+    os.kill(pid, signal.SIGSTOP)
     try:
-        while True:
-            uploaded = await store.list_keys(f"jobs/{job_id}/chunks/")
-            if uploaded:
-                os.kill(pid, signal.SIGKILL)
-                return len(uploaded)
+        while not await done():
             os.kill(pid, signal.SIGCONT)
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.003)
             os.kill(pid, signal.SIGSTOP)
+            await asyncio.sleep(0.05)
     except ProcessLookupError:
-        pytest.fail("ffmpeg finished before any chunk was uploaded: the test did not kill it mid-decode")
+        pytest.fail(f"ffmpeg finished before {why}: nothing was tested")
+    return pid
+
+
+def _a_chunk_is_up(store: ObjectStore, job_id: uuid.UUID) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return bool(await store.list_keys(f"jobs/{job_id}/chunks/"))
+
+    return check
 
 
 async def test_ffmpeg_killed_after_chunks_are_up_is_retried_not_failed(
@@ -82,10 +84,11 @@ async def test_ffmpeg_killed_after_chunks_are_up_is_retried_not_failed(
     )
     audio = to_format(tone_wav(tmp_path / "tone.wav", AUDIO_SECONDS), tmp_path / "tone.mp3", "mp3")
     job_id = uuid.uuid4()
-    killer = asyncio.create_task(_kill_ffmpeg_once_a_chunk_is_up(job_id, store))
+    stepping = asyncio.create_task(
+        _step_ffmpeg_until(job_id, _a_chunk_is_up(store, job_id), "a chunk was up")
+    )
     await jobs.submit(audio, job_id=job_id)
-    chunks_up_when_killed = await asyncio.wait_for(killer, timeout=120)
-    assert chunks_up_when_killed >= 1
+    os.kill(await asyncio.wait_for(stepping, timeout=120), signal.SIGKILL)
 
     async def chunked_or_failed() -> Job | None:
         job = await jobs.get(job_id)
@@ -128,22 +131,10 @@ async def test_an_s3_outage_mid_decode_kills_ffmpeg_and_the_job_is_chunked_again
         audio = to_format(tone_wav(tmp_path / "tone.wav", AUDIO_SECONDS), tmp_path / "tone.mp3", "mp3")
         job_id = uuid.uuid4()
 
-        async def freeze_ffmpeg_when_s3_fails() -> int:
-            while not (pids := _ffmpeg_pids(job_id)):
-                await asyncio.sleep(0.002)
-            pid = pids[0]
-            os.kill(pid, signal.SIGSTOP)
-            try:
-                while not fault.failed:  # decode in 3 ms steps, giving the chunker time to plan and upload
-                    os.kill(pid, signal.SIGCONT)
-                    await asyncio.sleep(0.003)
-                    os.kill(pid, signal.SIGSTOP)
-                    await asyncio.sleep(0.05)
-            except ProcessLookupError:
-                pytest.fail("ffmpeg finished before chunk 1 was uploaded: nothing was tested")
-            return pid
+        async def upload_refused() -> bool:
+            return bool(fault.failed)
 
-        freezer = asyncio.create_task(freeze_ffmpeg_when_s3_fails())
+        freezer = asyncio.create_task(_step_ffmpeg_until(job_id, upload_refused, "chunk 1 was uploaded"))
         await jobs.submit(audio, job_id=job_id)
         frozen_pid = await asyncio.wait_for(freezer, timeout=120)
 
@@ -167,3 +158,30 @@ async def test_an_s3_outage_mid_decode_kills_ffmpeg_and_the_job_is_chunked_again
     assert "SlowDown" in log
     assert _ffmpeg_pids(job_id) == []
     assert list(work_dir.iterdir()) == []
+
+
+async def test_a_recording_over_the_length_limit_fails_and_leaves_no_chunks(
+    start_service: StartService, jobs: Jobs, store: ObjectStore, tmp_path: Path
+) -> None:
+    """The limit is only known to be passed once the decode reaches it, after the first chunks are up:
+    the job fails with a message naming the limit, and those chunks are deleted."""
+    await start_service(
+        "chunker",
+        STT_MAX_AUDIO_SECONDS="200",
+        STT_CHUNK_SECONDS=str(CHUNK_SECONDS),
+        STT_CHUNK_OVERLAP_SECONDS="5",
+        STT_CHUNK_SEARCH_WINDOW_SECONDS="5",
+    )
+    audio = to_format(tone_wav(tmp_path / "tone.wav", AUDIO_SECONDS), tmp_path / "tone.mp3", "mp3")
+    job_id = uuid.uuid4()
+    stepping = asyncio.create_task(
+        _step_ffmpeg_until(job_id, _a_chunk_is_up(store, job_id), "a chunk was up")
+    )
+    await jobs.submit(audio, job_id=job_id)
+    os.kill(await asyncio.wait_for(stepping, timeout=120), signal.SIGCONT)  # on to the limit
+    job = await jobs.wait_terminal(job_id, timeout=120)
+    assert job.status == JobStatus.FAILED
+    assert job.error_code == "invalid_audio"
+    assert job.error_message == "the recording is longer than the limit of 3.33 minutes"
+    assert await store.list_keys(f"jobs/{job_id}/chunks/") == []
+    assert await store.list_keys(f"jobs/{job_id}/original") != [], "the upload itself is kept for retry"

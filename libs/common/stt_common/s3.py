@@ -30,11 +30,15 @@ def original_key(job_id: uuid.UUID) -> str:
 
 
 def chunk_audio_key(job_id: uuid.UUID, index: int) -> str:
-    return f"jobs/{job_id}/chunks/{index:04d}.wav"
+    return f"{chunks_prefix(job_id)}{index:04d}.wav"
+
+
+def chunks_prefix(job_id: uuid.UUID) -> str:
+    return f"jobs/{job_id}/chunks/"
 
 
 def chunk_result_key(job_id: uuid.UUID, index: int) -> str:
-    return f"jobs/{job_id}/chunks/{index:04d}.json"
+    return f"{chunks_prefix(job_id)}{index:04d}.json"
 
 
 def result_key(job_id: uuid.UUID, fmt: str = "json") -> str:

@@ -342,8 +342,8 @@ def _signal_name(number: int) -> str:
 
 def _hours(seconds: float) -> str:
     if seconds >= 3600:
-        return f"{seconds / 3600:g} hours"
-    return f"{seconds / 60:g} minutes" if seconds >= 60 else f"{seconds:g} seconds"
+        return f"{seconds / 3600:.3g} hours"
+    return f"{seconds / 60:.3g} minutes" if seconds >= 60 else f"{seconds:.3g} seconds"
 
 
 # --------------------------------------------------------------------------------------------

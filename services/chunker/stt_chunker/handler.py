@@ -37,7 +37,7 @@ from stt_common.logs import get_logger
 from stt_common.messages import Envelope
 from stt_common.pipeline import emit_pending_chunks, fail_job, load_job
 from stt_common.runner import Outcome
-from stt_common.s3 import ObjectNotFoundError, ObjectStore, chunk_audio_key, original_key
+from stt_common.s3 import ObjectNotFoundError, ObjectStore, chunk_audio_key, chunks_prefix, original_key
 
 STAGE = "chunker"
 _PARALLEL_UPLOADS = 2
@@ -86,7 +86,10 @@ class ChunkerHandler:
             workdir = Path(tmp)
             try:
                 windows, duration, timings = await self._split(job, workdir)
-            except SttError as exc:  # unreadable media, or ffmpeg past its time limit
+            except SttError as exc:  # unreadable media, too long, or ffmpeg past its time limit
+                # Chunks cut before the decode failed (a recording over the length limit fails only at
+                # the limit) would otherwise sit in storage until retention deletes the job.
+                await self._store.delete_prefix(chunks_prefix(job.id))
                 await fail_job(
                     self._sessions, self._producer, job.id, code=exc.code, message=exc.message, stage=STAGE
                 )
@@ -178,7 +181,14 @@ class ChunkerHandler:
                 windows.append(window)
                 uploads.append(asyncio.create_task(self._upload_chunk(job.id, wav, window, limiter)))
 
-        decoding = asyncio.create_task(normalise(original, wav, timeout_s=settings.ffmpeg_timeout_seconds))
+        decoding = asyncio.create_task(
+            normalise(
+                original,
+                wav,
+                timeout_s=settings.ffmpeg_timeout_seconds,
+                max_duration_s=settings.max_audio_seconds,
+            )
+        )
         try:
             while not decoding.done():
                 await asyncio.wait([decoding], timeout=_DECODE_POLL_SECONDS)

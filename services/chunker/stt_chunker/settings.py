@@ -15,3 +15,9 @@ class ChunkerSettings(Settings):
         default=20.0, ge=0, description="How far around a planned cut to look for silence."
     )
     ffmpeg_timeout_seconds: float = Field(default=3600.0, gt=0)
+    max_audio_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        description="Longest recording accepted; longer ones fail with invalid_audio. "
+        "Unset: the WAV format's limit (about 37 hours).",
+    )
