@@ -31,7 +31,6 @@ import wave
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from types import TracebackType
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request, Response
@@ -39,7 +38,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 
-from tests.fakes.loopback import HOST, ThreadedServer
+from tests.fakes.loopback import LoopbackFake
 
 MODELS = ("scribe_v1", "scribe_v1_experimental", "scribe_v2")
 MIN_AUDIO_SECONDS = 0.1
@@ -403,60 +402,26 @@ def create_app(state: FakeElevenLabsState) -> FastAPI:
     return app
 
 
-class FakeElevenLabs:
+class FakeElevenLabs(LoopbackFake):
     """The fake in a background thread of this process: `with FakeElevenLabs() as fake: fake.base_url`."""
+
+    name = "fake-elevenlabs"
+    state: FakeElevenLabsState
 
     def __init__(self, *, latency: float = 0.0, api_key: str | None = None, **config: Any) -> None:
         self.state = FakeElevenLabsState(FakeConfig(latency=latency, api_key=api_key, **config))
-        self._server: ThreadedServer | None = None
-        self.port = 0
+        super().__init__()
+
+    def app(self) -> FastAPI:
+        return create_app(self.state)
 
     @property
     def base_url(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-    def start(self) -> FakeElevenLabs:
-        self._server = ThreadedServer(create_app(self.state), self.state.stopping, name="fake-elevenlabs")
-        self.port = self._server.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop()
-        self._server = None
-
-    def __enter__(self) -> FakeElevenLabs:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    def fail(self, *failures: Failure) -> None:
-        """Queue failures, used one per request in order (after any already queued)."""
-        self.state.add_failures(failures)
-
-    def pending_failures(self) -> list[Failure]:
-        return self.state.pending_failures()
+        return self.url
 
     def requests(self) -> list[RecordedRequest]:
         return self.state.requests()
 
-    def configure(self, **changes: Any) -> FakeConfig:
-        return self.state.configure(**changes)
-
-    def reset(self) -> None:
-        self.state.reset()
-
     @property
     def max_in_flight(self) -> int:
         return self.state.max_in_flight
-
-    @property
-    def transcript_for(self) -> TranscriptFor | None:
-        return self.state.transcript_for
-
-    @transcript_for.setter
-    def transcript_for(self, fn: TranscriptFor | None) -> None:
-        self.state.transcript_for = fn

@@ -41,14 +41,13 @@ import wave
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from types import TracebackType
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from tests.fakes.loopback import HOST, ThreadedServer
+from tests.fakes.loopback import LoopbackFake
 
 API_VERSION = "v1beta"
 # Google's documented limit of a whole generateContent request (inline data included).
@@ -791,64 +790,27 @@ def create_app(state: FakeGeminiState, base_url: Callable[[], str]) -> FastAPI:
 # ------------------------------------------------------------------------------------------ server
 
 
-class FakeGemini:
+class FakeGemini(LoopbackFake):
     """The fake in a background thread of this process: `with FakeGemini() as fake: fake.url`."""
+
+    name = "fake-gemini"
+    state: FakeGeminiState
 
     def __init__(
         self, *, latency: float = 0.0, api_key: str | None = None, log_level: str = "warning", **config: Any
     ) -> None:
         self.state = FakeGeminiState(FakeConfig(latency=latency, api_key=api_key, **config))
-        self._log_level = log_level
-        self._server: ThreadedServer | None = None
-        self.port = 0
+        super().__init__(log_level=log_level)
 
-    @property
-    def url(self) -> str:
-        """The `base_url` for the SDK (it appends `/v1beta/...` and `/upload/v1beta/...`)."""
-        return f"http://{HOST}:{self.port}"
+    def app(self) -> FastAPI:
+        return create_app(self.state, lambda: self.url)
 
     @property
     def base_url(self) -> str:
         return self.url
 
-    def start(self) -> FakeGemini:
-        self._server = ThreadedServer(
-            create_app(self.state, lambda: self.url), self.state.stopping, name="fake-gemini",
-            log_level=self._log_level,
-        )  # fmt: skip
-        self.port = self._server.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop()
-        self._server = None
-
-    def __enter__(self) -> FakeGemini:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    # --------------------------------------------------------------------------------- control
-
-    def fail(self, *failures: Failure) -> None:
-        """Queue failures, each used by the next request to its endpoint (after any already queued)."""
-        self.state.add_failures(failures)
-
-    def pending_failures(self) -> list[Failure]:
-        return self.state.pending_failures()
-
     def requests(self, endpoint: Endpoint | None = None) -> list[RecordedRequest]:
         return [r for r in self.state.requests() if endpoint is None or r.endpoint == endpoint]
-
-    def configure(self, **changes: Any) -> FakeConfig:
-        return self.state.configure(**changes)
-
-    def reset(self) -> None:
-        self.state.reset()
 
     def files(self) -> list[FakeFile]:
         """Every uploaded file, deleted ones included (`deleted` says which)."""
@@ -864,11 +826,3 @@ class FakeGemini:
             yield
         finally:
             self.state.transcript_for = None
-
-    @property
-    def transcript_for(self) -> TranscriptFor | None:
-        return self.state.transcript_for
-
-    @transcript_for.setter
-    def transcript_for(self, fn: TranscriptFor | None) -> None:
-        self.state.transcript_for = fn

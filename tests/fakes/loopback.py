@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 from types import FrameType
-from typing import Any
+from typing import Any, Self
 
 import uvicorn
 
@@ -78,3 +78,64 @@ class ThreadedServer:
         if self._thread is not None:
             self._thread.join(10)
         self._thread = None
+
+
+class LoopbackFake:
+    """What every in-process fake vendor does besides speaking its API: serve on loopback from a thread,
+    stop, and be scripted. A subclass sets `state` (with `stopping`, a failure queue, `configure`,
+    `reset` and `transcript_for`) before calling `__init__`, and builds its ASGI app in `app()`."""
+
+    name = "fake-vendor"
+    state: Any
+
+    def __init__(self, *, port: int = 0, log_level: str = "warning") -> None:
+        self._port = port
+        self._log_level = log_level
+        self._server: ThreadedServer | None = None
+        self.port = 0
+
+    def app(self) -> Any:
+        raise NotImplementedError
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def start(self) -> Self:
+        self._server = ThreadedServer(
+            self.app(), self.state.stopping, name=self.name, port=self._port, log_level=self._log_level
+        )
+        self.port = self._server.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+        self._server = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def fail(self, *failures: Any) -> None:
+        """Queue failures, used one per request in order (after any already queued)."""
+        self.state.add_failures(failures)
+
+    def pending_failures(self) -> list[Any]:
+        return list(self.state.pending_failures())
+
+    def configure(self, **changes: Any) -> Any:
+        return self.state.configure(**changes)
+
+    def reset(self) -> None:
+        self.state.reset()
+
+    @property
+    def transcript_for(self) -> Any:
+        return self.state.transcript_for
+
+    @transcript_for.setter
+    def transcript_for(self, fn: Any) -> None:
+        self.state.transcript_for = fn

@@ -61,7 +61,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 
-from tests.fakes.loopback import HOST, StoppableServer, ThreadedServer, bind_loopback
+from tests.fakes.loopback import HOST, LoopbackFake, StoppableServer, bind_loopback
 
 URL_LINE_PREFIX = "FAKE_OPENAI_URL="
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -729,8 +729,11 @@ def create_app(state: FakeOpenAIState) -> FastAPI:
 # ------------------------------------------------------------------------------- in-process use
 
 
-class FakeOpenAI:
+class FakeOpenAI(LoopbackFake):
     """The fake in a background thread of this process: `with FakeOpenAI() as fake: fake.base_url`."""
+
+    name = "fake-openai"
+    state: FakeOpenAIState
 
     def __init__(
         self,
@@ -742,51 +745,17 @@ class FakeOpenAI:
         **config: Any,
     ) -> None:
         self.state = FakeOpenAIState(FakeConfig(latency=latency, api_key=api_key, **config))
-        self._port = port
-        self._log_level = log_level
-        self._server: ThreadedServer | None = None
-        self.port = 0
+        super().__init__(port=port, log_level=log_level)
 
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
+    def app(self) -> FastAPI:
+        return create_app(self.state)
 
     @property
     def base_url(self) -> str:
         return f"{self.url}/v1"
 
-    def start(self) -> FakeOpenAI:
-        self._server = ThreadedServer(
-            create_app(self.state), self.state.stopping, name="fake-openai", port=self._port,
-            log_level=self._log_level,
-        )  # fmt: skip
-        self.port = self._server.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop()
-        self._server = None
-
-    def __enter__(self) -> FakeOpenAI:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    # The same control surface as `RemoteFakeOpenAI`.
-
-    def fail(self, *failures: Failure) -> None:
-        """Queue failures, used one per request in order (after any already queued)."""
-        self.state.add_failures(failures)
-
     def set_failures(self, failures: Sequence[Failure]) -> None:
         self.state.add_failures(failures, replace=True)
-
-    def pending_failures(self) -> list[Failure]:
-        return self.state.pending_failures()
 
     def requests(self) -> list[RecordedRequest]:
         return self.state.requests()
@@ -794,22 +763,8 @@ class FakeOpenAI:
     def clear_requests(self) -> None:
         self.state.clear_requests()
 
-    def configure(self, **changes: Any) -> FakeConfig:
-        return self.state.configure(**changes)
-
     def stats(self) -> Stats:
         return self.state.stats()
-
-    def reset(self) -> None:
-        self.state.reset()
-
-    @property
-    def transcript_for(self) -> TranscriptFor | None:
-        return self.state.transcript_for
-
-    @transcript_for.setter
-    def transcript_for(self, fn: TranscriptFor | None) -> None:
-        self.state.transcript_for = fn
 
 
 # -------------------------------------------------------------------------- out-of-process use
