@@ -185,3 +185,41 @@ async def test_a_recording_over_the_length_limit_fails_and_leaves_no_chunks(
     assert job.error_message == "the recording is longer than the limit of 3.33 minutes"
     assert await store.list_keys(f"jobs/{job_id}/chunks/") == []
     assert await store.list_keys(f"jobs/{job_id}/original") != [], "the upload itself is kept for retry"
+
+
+async def test_a_chunk_put_that_lands_after_the_failure_is_still_deleted(
+    start_service: StartService, jobs: Jobs, store: ObjectStore, settings: Settings, tmp_path: Path
+) -> None:
+    """The race CI once hit: the recording passes the length limit while a chunk's PUT is on its way,
+    and S3 commits that PUT only after the chunker's cleanup had listed the prefix. Every chunk PUT is
+    held 3 s at a proxy (and passed on even if the chunker gave up on it): once the job has failed and
+    every held PUT has reached S3, no chunk object may be left."""
+    async with FaultyS3Proxy(settings.s3_endpoint_url or "") as proxy:
+        held = proxy.delay(lambda method, path: method == "PUT" and "/chunks/" in path, seconds=3)
+        await start_service(
+            "chunker",
+            STT_S3_ENDPOINT_URL=proxy.url,
+            STT_MAX_AUDIO_SECONDS="200",
+            STT_CHUNK_SECONDS=str(CHUNK_SECONDS),
+            STT_CHUNK_OVERLAP_SECONDS="5",
+            STT_CHUNK_SEARCH_WINDOW_SECONDS="5",
+        )
+        audio = to_format(tone_wav(tmp_path / "tone.wav", AUDIO_SECONDS), tmp_path / "tone.mp3", "mp3")
+        job_id = uuid.uuid4()
+
+        async def a_put_is_held() -> bool:
+            return bool(held.held)
+
+        stepping = asyncio.create_task(_step_ffmpeg_until(job_id, a_put_is_held, "a chunk PUT was sent"))
+        await jobs.submit(audio, job_id=job_id)
+        os.kill(await asyncio.wait_for(stepping, timeout=120), signal.SIGCONT)  # on to the limit
+        job = await jobs.wait_terminal(job_id, timeout=120)
+
+        async def every_put_reached_s3() -> bool:
+            return len(held.passed_on) == len(held.held)
+
+        await wait_until(every_put_reached_s3, timeout=60, what="every held chunk PUT passed on to S3")
+    assert job.status == JobStatus.FAILED
+    assert job.error_code == "invalid_audio"
+    assert held.passed_on, "a chunk PUT was in flight when the job failed"
+    assert await store.list_keys(f"jobs/{job_id}/chunks/") == []

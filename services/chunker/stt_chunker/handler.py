@@ -42,8 +42,29 @@ from stt_common.s3 import ObjectNotFoundError, ObjectStore, chunk_audio_key, chu
 STAGE = "chunker"
 _PARALLEL_UPLOADS = 2
 _DECODE_POLL_SECONDS = 0.05
+# On the way out after an error, uploads already started are let finish (or fail) for this long
+# before they are cancelled: a PUT cancelled after its body was sent may still be committed by the
+# server after the client gave up, and then a cleanup that ran first would miss it.
+_UPLOAD_SETTLE_SECONDS = 30.0
 _UPLOAD_BLOCK_FRAMES = SAMPLE_RATE * 32  # 1 MiB of 16 kHz mono 16-bit per read
 log = get_logger(__name__)
+
+
+class _ChunkingFailed(Exception):
+    """The media cannot be chunked (an SttError), with the chunk indices whose uploads had started."""
+
+    def __init__(self, error: SttError, planned: list[int]) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.planned = planned
+
+
+async def _settle(uploads: list[asyncio.Task[None]], abandon: asyncio.Event) -> None:
+    """Let uploads whose PUT has started finish (bounded); those not started yet do not start."""
+    abandon.set()
+    pending = [upload for upload in uploads if not upload.done()]
+    if pending:
+        await asyncio.wait(pending, timeout=_UPLOAD_SETTLE_SECONDS)
 
 
 class ChunkerHandler:
@@ -86,9 +107,15 @@ class ChunkerHandler:
             workdir = Path(tmp)
             try:
                 windows, duration, timings = await self._split(job, workdir)
-            except SttError as exc:  # unreadable media, too long, or ffmpeg past its time limit
+            except _ChunkingFailed as failed:  # unreadable media, too long, or ffmpeg past its time limit
+                exc = failed.error
                 # Chunks cut before the decode failed (a recording over the length limit fails only at
-                # the limit) would otherwise sit in storage until retention deletes the job.
+                # the limit) would otherwise sit in storage until retention deletes the job. Every
+                # planned key is deleted by name (the uploads have settled; a listing can lag a PUT
+                # just committed), then whatever else the prefix holds. An upload that outlived the
+                # settle time is left to the maintenance sweep of failed jobs' chunk objects.
+                for index in failed.planned:
+                    await self._store.delete(chunk_audio_key(job.id, index))
                 await self._store.delete_prefix(chunks_prefix(job.id))
                 await fail_job(
                     self._sessions, self._producer, job.id, code=exc.code, message=exc.message, stage=STAGE
@@ -175,11 +202,12 @@ class ChunkerHandler:
         windows: list[ChunkWindow] = []
         uploads: list[asyncio.Task[None]] = []
         limiter = asyncio.Semaphore(_PARALLEL_UPLOADS)
+        abandon = asyncio.Event()
 
         def start_uploads(ready: list[ChunkWindow]) -> None:
             for window in ready:
                 windows.append(window)
-                uploads.append(asyncio.create_task(self._upload_chunk(job.id, wav, window, limiter)))
+                uploads.append(asyncio.create_task(self._upload_chunk(job.id, wav, window, limiter, abandon)))
 
         decoding = asyncio.create_task(
             normalise(
@@ -212,6 +240,12 @@ class ChunkerHandler:
             start_uploads(await asyncio.to_thread(planner.finish, duration))
             await asyncio.gather(*uploads)
             lap("upload_tail")
+        except SttError as exc:
+            # The job fails: its chunks must all be deleted, so none may still be on its way.
+            # (Any other error retries the message, and the next attempt overwrites the same keys.)
+            decoding.cancel()
+            await _settle(uploads, abandon)
+            raise _ChunkingFailed(exc, [window.index for window in windows]) from exc
         finally:
             for task in (decoding, *uploads):
                 task.cancel()
@@ -220,7 +254,12 @@ class ChunkerHandler:
         return windows, duration, timings
 
     async def _upload_chunk(
-        self, job_id: uuid.UUID, wav: Path, window: ChunkWindow, limiter: asyncio.Semaphore
+        self,
+        job_id: uuid.UUID,
+        wav: Path,
+        window: ChunkWindow,
+        limiter: asyncio.Semaphore,
+        abandon: asyncio.Event,
     ) -> None:
         blocks = wav_chunk_blocks(wav, window.start, window.end, block_frames=_UPLOAD_BLOCK_FRAMES)
 
@@ -231,6 +270,8 @@ class ChunkerHandler:
         # closing(): a cancelled upload closes the WAV at once instead of whenever it is collected.
         with contextlib.closing(blocks):
             async with limiter:
+                if abandon.is_set():
+                    return  # the chunking failed while this upload waited for its turn
                 await self._store.upload_stream(
                     chunk_audio_key(job_id, window.index), read(), content_type="audio/wav"
                 )

@@ -20,6 +20,10 @@ RENOTIFIED = Counter(
 )
 DELETED_JOBS = Counter("stt_maintenance_jobs_deleted_total", "Expired jobs deleted (objects and rows).")
 DELETED_OBJECTS = Counter("stt_maintenance_objects_deleted_total", "S3 objects deleted with expired jobs.")
+ORPHAN_CHUNK_OBJECTS = Counter(
+    "stt_maintenance_orphan_chunk_objects_deleted_total",
+    "Chunk objects deleted from jobs that failed or were cancelled while being chunked.",
+)
 EXPIRED_KEYS = Counter(
     "stt_maintenance_idempotency_keys_expired_total", "Expired Idempotency-Key rows deleted."
 )
@@ -49,6 +53,7 @@ class Summary:
     renotified: int = 0
     deleted_jobs: int = 0
     deleted_objects: int = 0
+    orphan_chunk_objects: int = 0
     expired_keys: int = 0
     expired_deliveries: int = 0
     errors: int = 0

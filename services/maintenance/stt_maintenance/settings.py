@@ -48,6 +48,13 @@ class MaintenanceSettings(Settings):
     retention_days: float = Field(
         default=7.0, gt=0, description="Finished jobs older than this are deleted (S3 prefix, then rows)."
     )
+    orphan_chunks_grace_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="A job that failed or was cancelled while being chunked has its leftover chunk "
+        "objects deleted this long after it ended (the chunker deletes them itself; this catches an "
+        "upload that landed after that cleanup).",
+    )
     maintenance_batch_size: int = Field(default=500, ge=1, description="Jobs looked at per step per pass.")
     maintenance_interval_seconds: float = Field(
         default=60.0, gt=0, description="Pause between passes in `loop` mode."

@@ -1,4 +1,5 @@
-"""One maintenance pass under a Postgres advisory lock: stale jobs, lost notifications, retention.
+"""One maintenance pass under a Postgres advisory lock: stale jobs, lost notifications, orphaned chunk
+objects, retention.
 
 The lock (`pg_try_advisory_lock`, session level, on a connection held for the pass) makes a second
 concurrent pass (an overlapping CronJob run, `make up`'s loop next to a manual `run`) return at once
@@ -78,7 +79,7 @@ class Maintenance:
                 report.RUNS.labels("skipped").inc()
                 return None
             summary = Summary()
-            for step in (self._stale_jobs, self._renotify, self._retention_step):
+            for step in (self._stale_jobs, self._renotify, self._orphaned_chunks, self._retention_step):
                 if self.stopping.is_set():
                     break
                 try:
@@ -137,6 +138,20 @@ class Maintenance:
                 continue
             summary.renotified += 1
             report.RENOTIFIED.inc()
+
+    async def _orphaned_chunks(self, summary: Summary) -> None:
+        for job_id in await self._retention.orphaned_chunk_jobs():
+            if self.stopping.is_set():
+                return
+            try:
+                objects = await self._retention.sweep_orphaned_chunks(job_id)
+            except Exception:
+                self._failed_one(summary, "sweep chunks", job_id)
+                continue
+            if objects:
+                summary.orphan_chunk_objects += objects
+                report.ORPHAN_CHUNK_OBJECTS.inc(objects)
+                log.info("deleted orphaned chunk objects", job_id=str(job_id), objects=objects)
 
     async def _retention_step(self, summary: Summary) -> None:
         # Batch after batch until none is left (or a batch deletes nothing: all skipped or failing,

@@ -81,6 +81,7 @@ async def maintenance(
                     for s in ("pending", "uploaded", "chunking", "transcribing", "merging")
                 },
                 "renotify_after_seconds": STALE_SECONDS,
+                "orphan_chunks_grace_seconds": STALE_SECONDS,
                 **overrides,
             }
             config: MaintenanceSettings = with_overrides(settings, MaintenanceSettings, **values)
@@ -351,6 +352,59 @@ async def test_retention_deletes_expired_jobs_entirely_and_nothing_else(
     assert not any(key.startswith("old-") for key in keys)
 
 
+async def test_chunk_objects_of_a_job_that_failed_while_chunking_are_swept_once(
+    maintenance: MakeMaintenance,
+    factory: JobFactory,
+    store: ObjectStore,
+    sessionmaker_: async_sessionmaker[AsyncSession],
+) -> None:
+    """A chunk upload that landed after the chunker's own cleanup (a PUT the server committed after
+    the client gave up) is deleted once the job has been terminal for the grace time; jobs whose
+    chunk objects are still someone's are left alone."""
+
+    async def chunking_started(job_id: uuid.UUID) -> None:
+        job = await factory.get(job_id)
+        async with sessionmaker_() as session, session.begin():
+            at = job.status_changed_at - timedelta(seconds=5)
+            session.add(JobEvent(job_id=job_id, at=at, stage="chunker", to_status="CHUNKING"))
+
+    failed = await factory.make(JobStatus.FAILED, age=AGED, error_code="invalid_audio")
+    cancelled = await factory.make(JobStatus.CANCELLED, age=AGED)
+    recent = await factory.make(JobStatus.FAILED, age=timedelta(minutes=1), error_code="invalid_audio")
+    chunked = await factory.make(JobStatus.FAILED, age=AGED, chunks=[(ChunkStatus.FAILED, None)])
+    never_chunked = await factory.make(JobStatus.FAILED, age=AGED, error_code="download_failed")
+    for job_id in (failed, cancelled, recent, chunked):
+        await chunking_started(job_id)
+    for job_id in (failed, cancelled, recent, chunked, never_chunked):
+        await store.put_bytes(original_key(job_id), b"x")
+        for index in (0, 1):
+            await store.put_bytes(chunk_audio_key(job_id, index), b"x")
+
+    summary = await one_pass(maintenance)
+    assert summary.orphan_chunk_objects >= 4
+    for swept in (failed, cancelled):
+        assert await store.list_keys(job_prefix(swept)) == [original_key(swept)], "the upload is kept"
+        [event] = await factory.events(swept, stage="maintenance")
+        assert event.detail == {"orphan_chunk_objects_deleted": 2}
+    for kept in (recent, chunked, never_chunked):
+        assert len(await store.list_keys(job_prefix(kept))) == 3
+        assert await factory.events(kept, stage="maintenance") == []
+
+    # Swept once: a later pass does not list the job again, even if something lands there.
+    await store.put_bytes(chunk_audio_key(failed, 0), b"x")
+    await one_pass(maintenance)
+    assert len(await factory.events(failed, stage="maintenance")) == 1
+    # ...until it ends again (retried, then failed while chunking once more).
+    await factory.age_events(failed, by=2 * AGED)  # the sweep now lies before the job's last end
+    await one_pass(maintenance)
+    assert await store.list_keys(f"{job_prefix(failed)}chunks/") == []
+    events = await factory.events(failed, stage="maintenance")
+    assert [event.detail for event in events] == [
+        {"orphan_chunk_objects_deleted": 2},
+        {"orphan_chunk_objects_deleted": 1},
+    ]
+
+
 async def test_a_pass_that_finds_the_lock_taken_does_nothing(
     maintenance: MakeMaintenance, factory: JobFactory, engine: AsyncEngine
 ) -> None:
@@ -380,6 +434,7 @@ async def test_a_stopped_pass_stops_early_and_says_so(
 
 def test_the_summary_line() -> None:
     assert Summary(redriven=2, deleted_objects=7).line() == (
-        "redriven=2 failed_stalled=0 renotified=0 deleted_jobs=0 deleted_objects=7 expired_keys=0 "
+        "redriven=2 failed_stalled=0 renotified=0 deleted_jobs=0 deleted_objects=7 orphan_chunk_objects=0 "
+        "expired_keys=0 "
         "expired_deliveries=0 errors=0"
     )
