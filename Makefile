@@ -22,6 +22,8 @@ install: $(VENV)/.installed
 # the lock holds names, versions and hashes only (no registry addresses).
 lock:
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
+	@# Starting from the current lock keeps every pin that still fits: adding one package moves no other.
+	cp requirements.lock requirements.lock.tmp
 	uv pip compile pyproject.toml --group dev --universal --generate-hashes --python-version 3.11 \
 		--no-header --quiet -o requirements.lock.tmp
 	awk '/^-e /{skip=1; next} /^[^ ]/{skip=0} !skip' requirements.lock.tmp > requirements.lock && rm requirements.lock.tmp

@@ -8,19 +8,18 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import signal
 import uuid
 from difflib import SequenceMatcher
 from pathlib import Path
 
-import jiwer
 import pytest
 from sqlalchemy import text
 
 from stt_common.db.models import ChunkStatus, JobStatus
 from stt_common.providers import ProviderRequest
 from stt_common.s3 import ObjectStore, chunk_result_key, result_key
+from stt_devstack.wer import normalise, wer
 from stt_transcriber.providers.local import LocalWhisperProvider
 from tests.e2e.conftest import Jobs, ServiceProcess, StartService
 from tests.fixtures.audio import (
@@ -37,16 +36,6 @@ from tests.helpers import wait_until
 pytestmark = pytest.mark.slow
 
 
-def words(text_: str) -> list[str]:
-    text_ = text_.lower().replace("-", " ")
-    text_ = re.sub(r"[^a-z0-9' ]+", " ", text_)
-    return text_.replace("mr ", "mister ").split()
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    return float(jiwer.wer(" ".join(words(reference)), " ".join(words(hypothesis))))
-
-
 def chunks_of(document: dict) -> list[dict]:  # type: ignore[type-arg]
     chunks: list[dict] = document["chunks"]  # type: ignore[type-arg]
     return chunks
@@ -58,11 +47,11 @@ def unmatched_runs(reference: str, document: dict) -> list[tuple[float, int]]:  
         (word["start"], token)
         for segment in document["segments"]
         for word in segment.get("words") or []
-        for token in words(word["text"])
+        for token in normalise(word["text"]).split()
     ]
-    b = [token for _, token in timed]
+    a, b = normalise(reference).split(), [token for _, token in timed]
     runs = []
-    for tag, i1, i2, j1, j2 in SequenceMatcher(None, words(reference), b, autojunk=False).get_opcodes():
+    for tag, i1, i2, j1, j2 in SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
         if tag != "equal":
             runs.append((timed[min(j1, len(timed) - 1)][0], max(i2 - i1, j2 - j1)))
     return runs

@@ -9,13 +9,13 @@ import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import jiwer
 import pytest
 import pytest_asyncio
 
 from stt_common.errors import InvalidAudioError, classify
 from stt_common.providers.base import ProviderRequest, get_provider, registered_providers
 from stt_common.transcript import ChunkTranscript, Segment
+from stt_devstack.wer import wer, word_errors
 from stt_transcriber.pool import ProviderPool
 from stt_transcriber.providers import register_builtin_providers
 from stt_transcriber.providers.local import LocalModelError, LocalWhisperProvider
@@ -33,24 +33,6 @@ def _references() -> dict[str, str]:
         if match:
             refs[match.group(2)] = match.group(1)
     return refs
-
-
-_ABBREVIATIONS = {"mr": "mister", "mrs": "missus", "dr": "doctor"}
-
-
-def _normalise(text: str) -> str:
-    words = re.sub(r"[^a-z0-9' ]+", " ", text.lower().replace("-", " ")).split()
-    return " ".join(_ABBREVIATIONS.get(w, w) for w in words)
-
-
-def _wer(reference: str, hypothesis: str) -> float:
-    return float(jiwer.wer(_normalise(reference), _normalise(hypothesis)))
-
-
-def _recall(reference: str, hypothesis: str) -> float:
-    """Share of the reference's words the hypothesis has, in order; words it adds do not count."""
-    alignment = jiwer.process_words(_normalise(reference), _normalise(hypothesis))
-    return alignment.hits / (alignment.hits + alignment.substitutions + alignment.deletions)
 
 
 def _duration(path: Path) -> float:
@@ -137,8 +119,8 @@ async def test_librivox_utterance_wer_and_timestamps(provider: LocalWhisperProvi
     assert transcript.provider == "local"
     assert transcript.model == "tiny.en"
     assert transcript.language == "en"
-    wer = _wer(_references()[UTTERANCE], transcript.text)
-    assert wer <= 0.2, (wer, transcript.text)
+    error_rate = wer(_references()[UTTERANCE], transcript.text)
+    assert error_rate <= 0.2, (error_rate, transcript.text)
     _check_words(transcript, _duration(audio))
 
 
@@ -170,8 +152,8 @@ async def test_event_loop_not_blocked_and_long_audio(
 
     assert transcript.language == "en"  # no language given: the English-only model says "en"
     assert len(transcript.segments) >= 2
-    wer = _wer(reference, transcript.text)
-    assert wer <= 0.2, (wer, transcript.text)
+    error_rate = wer(reference, transcript.text)
+    assert error_rate <= 0.2, (error_rate, transcript.text)
     _check_words(transcript, _duration(audio))
 
 
@@ -194,7 +176,7 @@ async def test_context_and_prompt(provider: LocalWhisperProvider) -> None:
     # Everything said is transcribed. Not WER: with a prompt, tiny.en may append a stock phrase after
     # the last word on some CPUs (CI, 2026-12-01: "... himself. Thank you very much. We'll see you
     # next time.", never on this machine's ISAs); that is the model's habit, not prompt handling.
-    assert _recall(_references()[audio.stem], transcript.text) >= 0.8, transcript.text
+    assert word_errors(_references()[audio.stem], transcript.text).recall >= 0.8, transcript.text
     _check_words(transcript, _duration(audio))
 
 

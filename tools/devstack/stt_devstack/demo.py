@@ -16,6 +16,8 @@ from pathlib import Path
 from stt_cli.client import ApiError, SttClient
 from stt_cli.progress import Progress
 
+from stt_devstack.wer import wer
+
 LIBRIVOX_DIR = Path("/usr/share/pocketsphinx/test/data/librivox")
 ROUNDS = 16
 GAP_SECONDS = 0.7
@@ -81,25 +83,9 @@ def run_demo(api_url: str, api_key: str, work_dir: Path, *, timeout_seconds: flo
         f"{len(document['chunks'])} chunks, merge: "
         + ", ".join(d["method"] for d in document["quality"]["merge_decisions"])
     )
-    print(f"word error rate against the LibriVox reference: {_wer(reference, document['text']):.1%}")
+    print(f"word error rate against the LibriVox reference: {wer(reference, document['text']):.1%}")
     print("result files:")
     for fmt in ("json", "txt", "srt", "vtt"):
         url = f"{api_url}/api/v1/jobs/{job_id}/result?format={fmt}"
         print(f"  {url}   (s3: jobs/{job_id}/result/transcript.{fmt})")
     return 0
-
-
-def _wer(reference: str, hypothesis: str) -> float:
-    """Word error rate by edit distance over normalised words (no extra dependency)."""
-
-    def words(text: str) -> list[str]:
-        return re.sub(r"[^a-z0-9' ]+", " ", text.lower().replace("-", " ")).replace("mr ", "mister ").split()
-
-    ref, hyp = words(reference), words(hypothesis)
-    previous = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        current = [i]
-        for j, h in enumerate(hyp, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (r != h)))
-        previous = current
-    return previous[-1] / max(len(ref), 1)
