@@ -130,6 +130,10 @@ class MergerHandler:
                     "tries": len(saved.get("tries", [])),
                     "provider_calls": sum(len(t.get("calls", [])) for t in saved.get("tries", [])),
                     "coverage_gaps": saved.get("coverage_gaps", []),
+                    "repairs": [
+                        {k: v for k, v in repair.items() if k != "calls"}
+                        for repair in saved.get("repairs", [])
+                    ],
                     "warnings": saved.get("warnings", []),
                 }
             )
@@ -148,6 +152,20 @@ class MergerHandler:
                 "coverage_gaps": {r["index"]: r["coverage_gaps"] for r in reports if r["coverage_gaps"]},
                 "merge_decisions": [decision.model_dump(mode="json") for decision in merged.decisions],
                 "retries": sum(max(r["provider_calls"] - 1, 0) for r in reports),
+                # Windows the transcriber's guard decoded again (times in the recording's clock).
+                "redecodes": [
+                    {
+                        **repair,
+                        "chunk": r["index"],
+                        "start_seconds": round(r["start_seconds"] + repair["start_seconds"], 2),
+                        "end_seconds": round(r["start_seconds"] + repair["end_seconds"], 2),
+                    }
+                    for r in reports
+                    for repair in r["repairs"]
+                ],
+                "loops_suppressed": sum(
+                    1 for r in reports for repair in r["repairs"] if repair["reason"] == "loop"
+                ),
                 "warnings": [w for r in reports for w in r["warnings"]],
             },
         }

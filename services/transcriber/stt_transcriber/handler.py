@@ -16,7 +16,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from stt_common.providers import Provider, ProviderRequest
 from stt_common.runner import Outcome
 from stt_common.s3 import ObjectNotFoundError, ObjectStore, chunk_audio_key, chunk_result_key
 from stt_common.transcript import ChunkTranscript, Segment
+from stt_transcriber import guard
 from stt_transcriber.coverage import speech_gaps, speech_mask
 from stt_transcriber.pool import ProviderPool
 from stt_transcriber.settings import TranscriberSettings
@@ -52,6 +53,12 @@ PROVIDER_ERRORS = Counter("stt_provider_errors_total", "Failed provider calls.",
 CHUNK_RETRIES = Counter("stt_chunk_retries_total", "Extra provider tries of a chunk.", ["provider", "reason"])
 COVERAGE_GAPS = Counter(
     "stt_coverage_gaps_total", "Chunks left with a speech gap after all tries.", ["provider"]
+)
+REDECODES = Counter(
+    "stt_redecodes_total",
+    "Windows of a chunk decoded again by the repetition/silence guard, by reason and whether the new "
+    "text was clean (fixed) or had to be collapsed or dropped.",
+    ["provider", "reason", "result"],
 )
 
 _CLAIM = text(
@@ -270,13 +277,65 @@ class TranscriberHandler:
         if best[1]:
             COVERAGE_GAPS.labels(provider.name).inc()
             warnings.append(f"speech left untranscribed after {len(tries)} tries: {best[1]}")
-        return best[0], {
+        result, repairs = await self._repair(provider, audio, request, job_id, best[0], mask)
+        provider_seconds += sum(call["seconds"] for repair in repairs for call in repair["calls"])
+        return result, {
             "provider": provider.name,
             "provider_seconds": round(provider_seconds, 3),
             "tries": tries,
             "coverage_gaps": best[1],
+            "repairs": repairs,
             "warnings": warnings,
         }
+
+    async def _repair(
+        self,
+        provider: Provider,
+        audio: Path,
+        request: ProviderRequest,
+        job_id: uuid.UUID,
+        result: ChunkTranscript,
+        mask: Any,
+    ) -> tuple[ChunkTranscript, list[dict[str, Any]]]:
+        """Decode every window the guard suspects (a repetition loop, text in silence) again, and splice
+        the new text in; a window that still loops is collapsed, text in silence that the VAD also finds
+        empty is dropped. Returns the repaired transcript and what was done, window by window."""
+        segments = list(result.segments)
+        repairs: list[dict[str, Any]] = []
+        for suspect in reversed(guard.suspects(segments, mask)):  # from the end: indices stay valid
+            start, end = suspect.window(segments)
+            before = " ".join(s.text.strip() for s in segments[suspect.first : suspect.last + 1])
+            options = (
+                guard.SILENCE_REDECODE_OPTIONS if suspect.reason == "silence" else guard.REDECODE_OPTIONS
+            )
+            again = replace(request, context_segments=[], options={**request.options, **options})
+            with tempfile.TemporaryDirectory(dir=self._settings.work_dir) as tmp:
+                window = Path(tmp) / "window.wav"
+                await asyncio.to_thread(guard.cut_wav, audio, start, end, window)
+                redone, calls = await self._call_with_retries(provider, window, again, job_id)
+            new = [guard.shifted(segment, start) for segment in redone.segments]
+            outcome = "fixed"
+            if guard.loops(new):
+                new, outcome = guard.collapse_loop(new), "collapsed"
+            elif suspect.reason == "silence" and not new:
+                outcome = "dropped"
+            segments[suspect.first : suspect.last + 1] = new
+            REDECODES.labels(provider.name, suspect.reason, outcome).inc()
+            after = " ".join(s.text.strip() for s in new)
+            log.info("window decoded again", reason=suspect.reason, start_s=start, end_s=end, result=outcome)
+            repairs.insert(
+                0,
+                {
+                    "reason": suspect.reason,
+                    "start_seconds": round(start, 2),
+                    "end_seconds": round(end, 2),
+                    "result": outcome,
+                    "before": before[:500],
+                    "after": after[:500],
+                    "calls": calls,
+                },
+            )
+        return result.model_copy(update={"segments": segments}), repairs
 
     async def _call_with_retries(
         self, provider: Provider, audio: Path, request: ProviderRequest, job_id: uuid.UUID
