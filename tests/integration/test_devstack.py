@@ -21,11 +21,12 @@ from stt_common.messages import Topic
 from stt_devstack import StackConfig, StackError, start_infra, status, stop
 from stt_devstack.procs import is_running, port_is_free
 from stt_devstack.state import StackState
+from tests.conftest import TEST_PORT_BASE
 from tests.helpers import wait_until
 
-PORT_BASE = (
-    21000  # `make up` uses 18000 and the session fixtures 20000; all below the ephemeral range (32768+)
-)
+# `make up` uses 18000 and the session fixtures STT_TEST_PORT_BASE (20000); these stacks sit 1000 above
+# it, so a second test run with its own STT_TEST_PORT_BASE (3000 apart) shares no port with this one.
+PORT_BASE = TEST_PORT_BASE + 1000
 
 
 def make_config(tmp_path: Path, port_base: int, **overrides: bool) -> StackConfig:
