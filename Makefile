@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STACK := $(PY) -m stt_devstack
 PACKAGES := libs/common services/ingest services/chunker services/transcriber services/merger services/notifier services/maintenance tools/devstack tools/cli
 
-.PHONY: install lock up down status demo test lint typecheck bench bench-pipeline bench-chunker bench-fanout clean
+.PHONY: install lock up down status demo test lint typecheck bench bench-pipeline bench-chunker bench-fanout bench-quality clean
 
 # A stamp file makes `make install` idempotent: it reruns only when the lock or a manifest changes.
 $(VENV)/.installed: requirements.lock pyproject.toml $(addsuffix /pyproject.toml,$(PACKAGES))
@@ -53,9 +53,9 @@ typecheck: install
 	$(VENV)/bin/mypy libs/common/stt_common services/*/stt_* tools/devstack/stt_devstack tools/cli/stt_cli
 
 # Benchmarks print their figures and write them to bench/results/<name>.json. Not part of `make test`.
-bench: bench-pipeline bench-chunker bench-fanout bench-ingest-upload bench-ingest-get
+bench: bench-pipeline bench-chunker bench-fanout bench-ingest-upload bench-ingest-get bench-quality
 
-bench-pipeline bench-chunker bench-fanout: bench-%: install
+bench-pipeline bench-chunker bench-fanout bench-quality: bench-%: install
 	$(STACK) system-deps
 	PYTHONPATH=. $(PY) -m bench.$(subst pipeline,pipeline_e2e,$*)
 

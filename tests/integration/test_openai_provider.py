@@ -24,6 +24,7 @@ from stt_common.errors import (
     is_transient,
 )
 from stt_common.providers.base import ProviderRequest, get_provider
+from stt_common.providers.languages import normalise_language
 from stt_common.transcript import Segment
 from stt_transcriber.providers import register_builtin_providers
 from stt_transcriber.providers.openai import (
@@ -31,7 +32,7 @@ from stt_transcriber.providers.openai import (
     OpenAIRequestError,
     parse_retry_after,
 )
-from stt_transcriber.providers.vendor import context_prompt, normalise_language
+from stt_transcriber.providers.vendor import context_prompt
 from tests.fakes.openai_server import Failure, FakeOpenAI, FakeOpenAIProcess
 from tests.fixtures.audio import sine_wav
 from tests.helpers import free_port

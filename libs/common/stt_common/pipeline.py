@@ -1,4 +1,5 @@
-"""Steps several stages share: loading a job, failing it for good, telling the notifier.
+"""Steps several stages share: loading a job, failing it for good, telling the notifier, the job's
+pinned language.
 
 Kept here because the chunker, the transcriber and the maintenance job all end jobs the same way:
 one conditional transition to FAILED, then a `stt.jobs.finished` trigger so webhooks hear of it.
@@ -13,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from stt_common import metrics
 from stt_common.db.jobs import transition_job
-from stt_common.db.models import ACTIVE_JOB_STATUSES, Chunk, ChunkStatus, Job, JobStatus
+from stt_common.db.models import ACTIVE_JOB_STATUSES, Chunk, ChunkStatus, Job, JobEvent, JobStatus
 from stt_common.errors import ErrorCode
 from stt_common.kafka import EventProducer
 from stt_common.messages import Envelope, Topic
@@ -23,6 +24,24 @@ async def load_job(sessions: async_sessionmaker[AsyncSession], job_id: uuid.UUID
     async with sessions() as session:
         job: Job | None = await session.scalar(select(Job).where(Job.id == job_id))
         return job
+
+
+# The timeline entry (detail key) that pins a job's detected language: written once by the
+# transcriber that first detects it, read by every other chunk's transcriber and by the merger.
+LANGUAGE_PIN = "detected_language"
+
+
+async def load_language_pin(session: AsyncSession, job_id: uuid.UUID) -> tuple[str, float] | None:
+    """(language, probability) detected for a job that named none, or None before it is pinned."""
+    detail = await session.scalar(
+        select(JobEvent.detail)
+        .where(JobEvent.job_id == job_id, JobEvent.detail.has_key(LANGUAGE_PIN))
+        .order_by(JobEvent.id)
+        .limit(1)
+    )
+    if detail is None:
+        return None
+    return str(detail[LANGUAGE_PIN]), float(detail.get("language_probability") or 0.0)
 
 
 async def fail_job(

@@ -21,6 +21,11 @@ class Segment(BaseModel):
     text: str
     words: list[Word] | None = None
     speaker: str | None = None
+    # The decoder's confidence, where the provider gives it (Whisper models do): the mean log
+    # probability of the segment's tokens (below -1 is doubtful) and the probability that the window
+    # held no speech at all.
+    avg_logprob: float | None = None
+    no_speech_prob: float | None = None
 
 
 class ChunkTranscript(BaseModel):

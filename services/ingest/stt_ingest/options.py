@@ -10,6 +10,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from stt_common.providers import local_models
+from stt_common.providers.languages import normalise_language
 from stt_common.ssrf import UnsafeUrlError, check_url_syntax
 from stt_ingest.problems import ApiProblem, FieldError
 from stt_ingest.schemas import JobOptions
@@ -100,6 +102,8 @@ def resolve_options(options: JobOptions, settings: IngestSettings) -> ResolvedOp
         errors.append(
             FieldError(loc=["body", "provider"], msg=f"Unknown provider; one of: {allowed}.", type="enum")
         )
+    if provider == "local":
+        errors.extend(_local_model_errors(options.model, options.language, settings))
     webhook_url = options.webhook_url
     if webhook_url is not None:
         try:
@@ -134,6 +138,24 @@ def resolve_options(options: JobOptions, settings: IngestSettings) -> ResolvedOp
         delete_after_seconds=options.delete_after_seconds,
         options={"prompt": options.prompt, "vocabulary": list(options.vocabulary), "output": output},
     )
+
+
+def _local_model_errors(
+    model: str | None, language: str | None, settings: IngestSettings
+) -> list[FieldError]:
+    """What the transcriber's `local` provider would refuse: a model it does not have, or an
+    English-only model (the job's, else the server's default) asked for another language."""
+    resolved = local_models.resolve_model_name(model, settings.local_model)
+    if resolved is None:
+        names = local_models.available_models(settings.local_model)
+        message = local_models.unknown_model_message(str(model).strip(), names)
+        return [FieldError(loc=["body", "model"], msg=message, type="enum")]
+    if normalise_language(language) not in (None, "en") and local_models.is_english_only(resolved):
+        message = local_models.english_only_message(resolved, str(language))
+        if not (model or "").strip():
+            message += " (No model was given: the server's default is used.)"
+        return [FieldError(loc=["body", "language"], msg=message, type="unsupported_language")]
+    return []
 
 
 def request_hash(payload: Mapping[str, Any]) -> str:

@@ -50,7 +50,8 @@ class JobOptions(BaseModel):
         default=None,
         max_length=200,
         pattern=r"^[\x21-\x7e]+$",
-        description="Provider model name (e.g. `whisper-1`).",
+        description="Provider model name (e.g. `whisper-1`). For `local`: `tiny.en` (English only) or `base` "
+        "(multilingual), or the server's configured model; the server's default when omitted.",
     )
     context_mode: ContextMode | None = Field(
         default=None,

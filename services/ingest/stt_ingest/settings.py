@@ -13,6 +13,7 @@ from typing import Annotated, Self
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
+from stt_common.providers.local_models import DEFAULT_LOCAL_MODEL
 from stt_common.settings import Settings
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -101,6 +102,12 @@ class IngestSettings(Settings):
     chained_providers: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["gemini"],
         description="Providers whose jobs default to context_mode=chained (LLMs that use context).",
+    )
+    local_model: str = Field(
+        default=DEFAULT_LOCAL_MODEL,
+        description="The transcriber's default `local` model (STT_LOCAL_MODEL: give both the same value). "
+        "Jobs may name it or a catalogue model (tiny.en, base); a job whose model is English-only and "
+        "whose language is not is refused.",
     )
     max_delete_after_seconds: int = Field(default=365 * 24 * 3600, ge=60)
     readiness_timeout_seconds: float = Field(default=3.0, gt=0)

@@ -23,7 +23,7 @@ from stt_common.db.models import Chunk, Job, JobStatus
 from stt_common.errors import ErrorCode
 from stt_common.kafka import EventProducer
 from stt_common.messages import Envelope, Topic
-from stt_common.pipeline import fail_job, load_job
+from stt_common.pipeline import fail_job, load_job, load_language_pin
 from stt_common.runner import Outcome
 from stt_common.s3 import ObjectNotFoundError, ObjectStore, chunk_result_key, result_key
 from stt_common.transcript import ChunkTranscript, Segment
@@ -109,6 +109,7 @@ class MergerHandler:
             chunks = list(
                 await session.scalars(select(Chunk).where(Chunk.job_id == job.id).order_by(Chunk.chunk_index))
             )
+            pinned = await load_language_pin(session, job.id)
         inputs: list[ChunkInput] = []
         reports: list[dict[str, Any]] = []
         for chunk in chunks:
@@ -142,7 +143,11 @@ class MergerHandler:
         return {
             "job_id": str(job.id),
             "text": merged.text,
-            "language": merged.language or job.language,
+            # Named by the job, else detected once and pinned for every chunk, else the provider's.
+            "language": (pinned[0] if pinned else None)
+            or (job.language if job.language != "auto" else None)
+            or merged.language,
+            "language_probability": pinned[1] if pinned else None,
             "duration_seconds": job.duration_seconds,
             "provider": job.provider,
             "model": (first.model if first else None) or job.model,

@@ -30,8 +30,8 @@ from stt_common.errors import CancelledJobError, ErrorCode, SttError, classify, 
 from stt_common.kafka import EventProducer
 from stt_common.logs import get_logger
 from stt_common.messages import Envelope, Topic
-from stt_common.pipeline import fail_job, load_job
-from stt_common.providers import Provider, ProviderRequest
+from stt_common.pipeline import LANGUAGE_PIN, fail_job, load_job, load_language_pin
+from stt_common.providers import LanguageDetector, Provider, ProviderRequest
 from stt_common.runner import Outcome
 from stt_common.s3 import ObjectNotFoundError, ObjectStore, chunk_audio_key, chunk_result_key
 from stt_common.transcript import ChunkTranscript, Segment
@@ -184,6 +184,7 @@ class TranscriberHandler:
                 try:
                     await self._store.download_file(chunk_audio_key(job.id, chunk.index), audio)
                     context = await self._context(job, chunk.index)
+                    language = await self._language(job, chunk.index, audio, provider)
                 except ObjectNotFoundError as exc:
                     # Deleted under us (or never written): no retry can bring it back.
                     message = f"chunk {chunk.index}: {exc} is missing from storage; retry the job"
@@ -198,7 +199,7 @@ class TranscriberHandler:
                     )
                     return Outcome.OK
                 request = ProviderRequest(
-                    language=job.language,
+                    language=language,
                     model=job.model,
                     prompt=job_prompt(job.options or {}),
                     context_segments=context,
@@ -245,6 +246,49 @@ class TranscriberHandler:
             return Outcome.DUPLICATE
         await self._emit_followers(job, chunk.index, merging=merging)
         return Outcome.OK
+
+    async def _language(self, job: Job, index: int, audio: Path, provider: Provider) -> str | None:
+        """The job's language; with none given, the one detected once on the first chunk and pinned in
+        the job's timeline, so that no chunk is transcribed in another language than the rest.
+
+        Every transcriber that finds no pin detects it on chunk 0 (the same audio, so the same answer)
+        and the first to write it wins: a pin is never changed. Providers that cannot detect a
+        language apart from transcribing (remote vendors) get none and detect it themselves."""
+        if job.language and job.language.lower() != "auto":
+            return job.language
+        if not isinstance(provider, LanguageDetector):
+            return None
+        async with self._sessions() as session:
+            pinned = await load_language_pin(session, job.id)
+        if pinned is not None:
+            return pinned[0]
+        with tempfile.TemporaryDirectory(dir=self._settings.work_dir) as tmp:
+            first = audio
+            if index != 0:
+                first = Path(tmp) / "chunk0.wav"
+                await self._store.download_file(chunk_audio_key(job.id, 0), first)
+            detected = await provider.detect_language(first, job.model)
+        if detected is None:
+            return None
+        async with self._sessions() as session:
+            await session.execute(select(Job.id).where(Job.id == job.id).with_for_update())
+            pinned = await load_language_pin(session, job.id)
+            if pinned is None:
+                code, probability = detected
+                record_event(
+                    session,
+                    job.id,
+                    stage=STAGE,
+                    detail={
+                        LANGUAGE_PIN: code,
+                        "language_probability": round(probability, 3),
+                        "chunk_index": 0,
+                    },
+                )
+                pinned = detected
+            await session.commit()
+        log.info("language pinned", language=pinned[0], probability=round(pinned[1], 3))
+        return pinned[0]
 
     async def _context(self, job: Job, index: int) -> list[Segment]:
         if job.context_mode != "chained" or index == 0 or self._settings.context_segments == 0:

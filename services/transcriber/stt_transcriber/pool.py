@@ -18,11 +18,13 @@ class ProviderPool:
         if name == "local":
             return {
                 "model": s.local_model,
+                "model_cache_dir": s.local_model_cache_dir,
                 "device": s.local_device,
                 "compute_type": s.local_compute_type,
                 "beam_size": s.local_beam_size,
                 "cpu_threads": s.local_cpu_threads,
                 "condition_on_previous_text": s.local_condition_on_previous_text,
+                "vad_filter": s.local_vad_filter,
             }
         if name == "openai":
             return {

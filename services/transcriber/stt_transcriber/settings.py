@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pydantic import Field, SecretStr
 
+from stt_common.providers.local_models import DEFAULT_LOCAL_MODEL
 from stt_common.settings import Settings
 
 
@@ -23,7 +24,15 @@ class TranscriberSettings(Settings):
     context_segments: int = Field(default=3, ge=0, description="Previous segments given in chained mode.")
 
     # The embedded provider.
-    local_model: str | None = Field(default=None, description="faster-whisper model name or path.")
+    local_model: str = Field(
+        default=DEFAULT_LOCAL_MODEL,
+        description="The default model of jobs that name none: tiny.en, base, or a faster-whisper model "
+        "name or directory (give ingest the same value).",
+    )
+    local_model_cache_dir: str | None = Field(
+        default=None,
+        description="Where the `base` model is joined on first use; ~/.cache/stt-pipeline/models when unset.",
+    )
     local_device: str = "auto"
     local_compute_type: str | None = Field(
         default=None, description="int8 on CPU, float16 on CUDA when unset."
@@ -32,6 +41,9 @@ class TranscriberSettings(Settings):
     local_cpu_threads: int = Field(default=0, ge=0)
     local_condition_on_previous_text: bool = Field(
         default=True, description="Whisper's own context between 30 s windows (a job may override it)."
+    )
+    local_vad_filter: bool = Field(
+        default=True, description="Skip what Silero VAD calls non-speech before decoding (docs/quality.md)."
     )
 
     # OpenAI and OpenAI-compatible servers.

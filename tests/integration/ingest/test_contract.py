@@ -246,9 +246,11 @@ def _with_media(path: str, body: Any) -> Any:
         form = {**form, "url": PUBLIC_MEDIA_URL}
     else:
         return body
-    # Generated providers and webhook URLs are almost never acceptable (they are tried in the other
-    # half): leave them out so the remaining fields get as far as the database.
-    form = {name: value for name, value in form.items() if name not in ("provider", "webhook_url")}
+    # Generated providers, models and webhook URLs are almost never acceptable (they are tried in the
+    # other half): leave them out so the remaining fields get as far as the database. The model is the
+    # local provider's multilingual one, so that any generated language is acceptable too.
+    form = {name: value for name, value in form.items() if name not in ("provider", "model", "webhook_url")}
+    form["model"] = "base"
     if dataclasses.is_dataclass(body) and not isinstance(body, type):
         return dataclasses.replace(body, body=form)
     return form

@@ -156,7 +156,8 @@ async def test_a_url_is_downloaded_stored_and_queued(
     resolver: StubResolver,
 ) -> None:
     calls = len(resolver.calls)
-    response = await submit(allowed, key, f"http://media.test:{media_server.port}/tone.wav", language="hy")
+    url = f"http://media.test:{media_server.port}/tone.wav"
+    response = await submit(allowed, key, url, language="hy", model="base")  # base: multilingual
     assert response.status_code == 202, response.text
     body = response.json()
     assert body["status"] == "PENDING"

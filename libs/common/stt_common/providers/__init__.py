@@ -1,6 +1,12 @@
 """The provider interface and registry (DESIGN §5). Adapters raise the typed errors of
 `stt_common.errors`, so the transcriber never inspects vendor messages."""
 
-from stt_common.providers.base import Provider, ProviderRequest, get_provider, register_provider
+from stt_common.providers.base import (
+    LanguageDetector,
+    Provider,
+    ProviderRequest,
+    get_provider,
+    register_provider,
+)
 
-__all__ = ["Provider", "ProviderRequest", "get_provider", "register_provider"]
+__all__ = ["LanguageDetector", "Provider", "ProviderRequest", "get_provider", "register_provider"]

