@@ -96,6 +96,8 @@ def options_from_form(fields: Mapping[str, list[str]]) -> JobOptions:
 def resolve_options(options: JobOptions, settings: IngestSettings) -> ResolvedOptions:
     """Apply defaults and the settings' rules (allowed providers, webhook URL safety, retention)."""
     errors: list[FieldError] = []
+    # "auto" says what omitting it says: detect the language (once, for every chunk).
+    language = options.language.lower() if options.language and options.language.lower() != "auto" else None
     provider = (options.provider or settings.default_provider).strip().lower()
     if provider not in settings.allowed_providers:
         allowed = ", ".join(settings.allowed_providers)
@@ -103,7 +105,7 @@ def resolve_options(options: JobOptions, settings: IngestSettings) -> ResolvedOp
             FieldError(loc=["body", "provider"], msg=f"Unknown provider; one of: {allowed}.", type="enum")
         )
     if provider == "local":
-        errors.extend(_local_model_errors(options.model, options.language, settings))
+        errors.extend(_local_model_errors(options.model, language, settings))
     webhook_url = options.webhook_url
     if webhook_url is not None:
         try:
@@ -132,7 +134,7 @@ def resolve_options(options: JobOptions, settings: IngestSettings) -> ResolvedOp
     return ResolvedOptions(
         provider=provider,
         model=options.model,
-        language=options.language.lower() if options.language else None,
+        language=language,
         context_mode=context_mode,
         webhook_url=webhook_url,
         delete_after_seconds=options.delete_after_seconds,

@@ -39,8 +39,10 @@ class JobOptions(BaseModel):
     language: str | None = Field(
         default=None,
         max_length=16,
-        pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$",
-        description="BCP 47 language tag of the speech (e.g. `en`, `hy`, `pt-BR`); detected when omitted.",
+        pattern=r"^([A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*|[Aa][Uu][Tt][Oo])$",
+        description="BCP 47 language tag of the speech (e.g. `en`, `hy`, `pt-BR`). Omitted or `auto`: "
+        "detected once, on the first chunk's speech, and used for every chunk (the result says which, "
+        "with its probability).",
         examples=["en"],
     )
     provider: str | None = Field(

@@ -144,9 +144,7 @@ class MergerHandler:
             "job_id": str(job.id),
             "text": merged.text,
             # Named by the job, else detected once and pinned for every chunk, else the provider's.
-            "language": (pinned[0] if pinned else None)
-            or (job.language if job.language != "auto" else None)
-            or merged.language,
+            "language": (pinned[0] if pinned else None) or job.language or merged.language,
             "language_probability": pinned[1] if pinned else None,
             "duration_seconds": job.duration_seconds,
             "provider": job.provider,

@@ -254,7 +254,7 @@ class TranscriberHandler:
         Every transcriber that finds no pin detects it on chunk 0 (the same audio, so the same answer)
         and the first to write it wins: a pin is never changed. Providers that cannot detect a
         language apart from transcribing (remote vendors) get none and detect it themselves."""
-        if job.language and job.language.lower() != "auto":
+        if job.language:
             return job.language
         if not isinstance(provider, LanguageDetector):
             return None

@@ -92,6 +92,21 @@ async def test_what_the_models_can_do_is_accepted(
     assert (job.model, job.language) == (fields.get("model"), fields.get("language", "").lower() or None)
 
 
+@pytest.mark.parametrize("auto", ["auto", "AUTO"])
+async def test_auto_means_detect_it(
+    api: Api, key: Key, sessionmaker_: async_sessionmaker[AsyncSession], auto: str
+) -> None:
+    """`auto` is what omitting the language says (it is detected once and pinned): stored as none, and
+    fine for an English-only model, which has only one to detect."""
+    for model in ("base", "tiny.en"):
+        response = await _upload(api, key, model=model, language=auto)
+        assert response.status_code == 202, response.text
+        async with sessionmaker_() as session:
+            job = await session.get(Job, uuid.UUID(response.json()["job_id"]))
+        assert job is not None
+        assert job.language is None
+
+
 async def test_the_configured_default_model_is_offered_too(make_api: AppFactory, key: Key) -> None:
     async with make_api(local_model="/models/whisper-large-v3") as configured:
         for model in ("/models/whisper-large-v3", "whisper-large-v3", "base"):
