@@ -453,7 +453,8 @@ def _remainder(kept: _Unit, seg: Segment, *, tail: bool) -> Segment | None:
         end = seg.start + duration * (before + length) / total
         part_words = None
     text = " ".join(raw[first:last])
-    return Segment(start=start, end=end, text=text, words=part_words, speaker=seg.speaker)
+    # A copy, not a new Segment: the part keeps the segment's speaker and decoder confidences.
+    return seg.model_copy(update={"start": start, "end": end, "text": text, "words": part_words})
 
 
 def _drop_words(chunk: _Chunk, units: Sequence[_Unit]) -> tuple[int, int]:
@@ -699,12 +700,13 @@ def _kept_part(chunk: _Chunk, si: int, seg: Segment) -> Segment | None:
         return seg
     if not kept:
         return None
-    return Segment(
-        start=min(w.start for w in kept),
-        end=max(w.end for w in kept),
-        text=_join_words(kept, seg.text),
-        words=kept,
-        speaker=seg.speaker,
+    return seg.model_copy(
+        update={
+            "start": min(w.start for w in kept),
+            "end": max(w.end for w in kept),
+            "text": _join_words(kept, seg.text),
+            "words": kept,
+        }
     )
 
 
@@ -718,12 +720,13 @@ def _kept_tokens(chunk: _Chunk, si: int, seg: Segment) -> Segment | None:
         return None
     times = _interpolate(raw, seg.start, seg.end)
     words = seg.words if seg.words and len(seg.words) == len(raw) else None
-    return Segment(
-        start=times[kept[0]][0],
-        end=times[kept[-1]][1],
-        text=" ".join(raw[ti] for ti in kept),
-        words=[words[ti] for ti in kept] if words else None,
-        speaker=seg.speaker,
+    return seg.model_copy(
+        update={
+            "start": times[kept[0]][0],
+            "end": times[kept[-1]][1],
+            "text": " ".join(raw[ti] for ti in kept),
+            "words": [words[ti] for ti in kept] if words else None,
+        }
     )
 
 

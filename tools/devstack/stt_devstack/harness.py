@@ -118,6 +118,7 @@ class Jobs:
         provider: str = "local",
         context_mode: str = "parallel",
         language: str | None = None,
+        model: str | None = None,
         job_id: uuid.UUID | None = None,
     ) -> uuid.UUID:
         job_id = job_id or uuid.uuid4()
@@ -130,6 +131,7 @@ class Jobs:
                     provider=provider,
                     context_mode=context_mode,
                     language=language,
+                    model=model,
                     original_filename=audio.name,
                     size_bytes=audio.stat().st_size,
                 )
