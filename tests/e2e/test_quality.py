@@ -1,5 +1,9 @@
-"""Transcript quality through the real stages: the language of a job that names none is detected once
-and pinned for every chunk; the result says which, and how sure the model was."""
+"""Transcript quality through the real stages: on real speech over several chunks the pipeline is no
+worse than one plain pass of the same model; the language of a job that names none is detected once
+and pinned for every chunk; the result says which, and how sure the model was.
+
+The speech is the benchmark's corpus (bench/corpus.py), English sources only: the pocketsphinx test
+data and the Asterisk prompts (one Debian package of 18 MB, fetched once into .cache/corpus)."""
 
 from __future__ import annotations
 
@@ -10,14 +14,47 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from bench.corpus import DEFAULT_DEST, CorpusItem, load_manifest, long_recordings, prepare
 from stt_common.db.models import JobEvent, JobStatus
+from stt_common.providers import ProviderRequest
 from stt_common.s3 import ObjectStore, chunk_result_key, result_key
 from stt_devstack.harness import Jobs
 from stt_devstack.wer import wer
-from tests.e2e.conftest import StartService
+from stt_transcriber.providers.local import LocalWhisperProvider
+from tests.e2e.conftest import ServiceProcess, StartService
 from tests.fixtures.audio import concat_wavs, librivox_wavs
 
 pytestmark = pytest.mark.slow
+
+# The peer baseline: one pass over the whole file, as whisper-asr-webservice runs it.
+PLAIN_PASS = {"vad_filter": False, "condition_on_previous_text": True}
+
+
+@pytest.fixture(scope="module")
+def long_real_speech() -> CorpusItem:
+    """Eleven minutes of real English speech (three 300 s chunks) and its reference."""
+    manifest = load_manifest()
+    manifest["sources"] = {
+        k: v for k, v in manifest["sources"].items() if k in ("pocketsphinx", "asterisk-en")
+    }
+    english = [item for item in prepare(DEFAULT_DEST, manifest) if item.language == "en"]
+    [recording] = long_recordings(english, DEFAULT_DEST / "e2e", minutes=11, count=1)
+    return recording
+
+
+async def test_real_speech_over_several_chunks_is_no_worse_than_one_plain_pass(
+    pipeline: dict[str, ServiceProcess], jobs: Jobs, store: ObjectStore, long_real_speech: CorpusItem
+) -> None:
+    job_id = await jobs.submit(long_real_speech.path, language="en")
+    # The single pass runs while the pipeline works: same model, whole file at once.
+    plain = LocalWhisperProvider(**PLAIN_PASS)
+    single = await plain.transcribe(long_real_speech.path, ProviderRequest(language="en"))
+    job = await jobs.wait_terminal(job_id, timeout=900)
+    assert job.status == JobStatus.COMPLETED, (job.error_code, job.error_message)
+    assert (job.chunks_total or 0) >= 3
+    document = json.loads(await store.get_bytes(result_key(job_id, "json")))
+    reference = long_real_speech.reference
+    assert wer(reference, document["text"]) <= wer(reference, single.text) + 0.01, document["quality"]
 
 
 async def test_a_language_detected_once_is_pinned_for_every_chunk(
