@@ -18,8 +18,10 @@ from bench.corpus import DEFAULT_DEST, CorpusItem, load_manifest, long_recording
 from stt_common.db.models import JobEvent, JobStatus
 from stt_common.providers import ProviderRequest
 from stt_common.s3 import ObjectStore, chunk_result_key, result_key
+from stt_common.transcript import Segment
 from stt_devstack.harness import Jobs
 from stt_devstack.wer import wer
+from stt_transcriber import guard
 from stt_transcriber.providers.local import LocalWhisperProvider
 from tests.e2e.conftest import ServiceProcess, StartService
 from tests.fixtures.audio import concat_wavs, librivox_wavs
@@ -99,3 +101,47 @@ async def test_a_language_detected_once_is_pinned_for_every_chunk(
     assert document["model"] == "base"
     assert wer(reference, document["text"]) <= 0.25
     assert all(segment["avg_logprob"] < 0 for segment in document["segments"])
+
+
+# A decoder without Whisper's temperature fallback (an operator's speed setting) on speech in a
+# language the model does not know: the classic loop, the same line for a minute.
+NO_FALLBACK = {
+    "temperature": 0.0,
+    "compression_ratio_threshold": None,
+    "log_prob_threshold": None,
+    "no_speech_threshold": None,
+}
+
+
+@pytest.fixture(scope="module")
+def russian_prompts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Twenty real Russian phone prompts back to back (the Asterisk corpus source)."""
+    manifest = load_manifest()
+    manifest["sources"] = {k: v for k, v in manifest["sources"].items() if k == "asterisk-ru"}
+    items = sorted(prepare(DEFAULT_DEST, manifest), key=lambda item: item.id)[:20]
+    path = tmp_path_factory.mktemp("ru") / "prompts.wav"
+    concat_wavs([item.path for item in items], path, gap_seconds=0.0)
+    return path
+
+
+async def test_a_real_repetition_loop_is_decoded_again_and_gone(
+    pipeline: dict[str, ServiceProcess], jobs: Jobs, store: ObjectStore, russian_prompts: Path
+) -> None:
+    # The loop is real: one pass of the same model and options repeats a line over and over.
+    single = await LocalWhisperProvider().transcribe(
+        russian_prompts, ProviderRequest(language="en", options=NO_FALLBACK)
+    )
+    assert guard.loops(single.segments), [s.text for s in single.segments]
+
+    job_id = await jobs.submit(russian_prompts, language="en", options=NO_FALLBACK)
+    job = await jobs.wait_terminal(job_id, timeout=600)
+    assert job.status == JobStatus.COMPLETED, (job.error_code, job.error_message)
+    document = json.loads(await store.get_bytes(result_key(job_id, "json")))
+    segments = [Segment.model_validate(segment) for segment in document["segments"]]
+    assert guard.loops(segments) == [], [s.text for s in segments]
+    redecodes = document["quality"]["redecodes"]
+    assert redecodes, document["quality"]
+    assert {r["reason"] for r in redecodes} == {"loop"}
+    assert all(r["result"] in ("fixed", "collapsed") for r in redecodes)
+    assert document["quality"]["loops_suppressed"] == len(redecodes)
+    assert len(segments) < len(single.segments)

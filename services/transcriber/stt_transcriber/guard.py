@@ -30,13 +30,17 @@ MIN_REPEATS = 4
 MIN_REPEATS_ONE_WORD = 6
 # Whole segments with the same text back to back (the loop Whisper makes across 30 s windows).
 MIN_SAME_SEGMENTS = 3
-# How a suspect window is decoded again: without the previous text that fed the loop, and with
+# How a suspect window is decoded again: without the previous text that fed the loop (nor the job's
+# prompt, which Whisper reads as previous text), and with
 # Whisper's temperature fallback (sampling at rising temperatures while the text compresses too well
 # or scores too low). Text in silence is also put through the VAD. Providers that do not know an
 # option ignore it.
 REDECODE_OPTIONS = {
     "condition_on_previous_text": False,
     "temperature": [0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+    # Whisper's own thresholds for falling back, whatever the job or server set.
+    "compression_ratio_threshold": 2.4,
+    "log_prob_threshold": -1.0,
 }
 SILENCE_REDECODE_OPTIONS = {**REDECODE_OPTIONS, "vad_filter": True}
 # A segment at least this long over audio with no frame louder than the speech threshold.

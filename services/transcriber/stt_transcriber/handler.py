@@ -352,7 +352,7 @@ class TranscriberHandler:
             options = (
                 guard.SILENCE_REDECODE_OPTIONS if suspect.reason == "silence" else guard.REDECODE_OPTIONS
             )
-            again = replace(request, context_segments=[], options={**request.options, **options})
+            again = replace(request, prompt=None, context_segments=[], options={**request.options, **options})
             with tempfile.TemporaryDirectory(dir=self._settings.work_dir) as tmp:
                 window = Path(tmp) / "window.wav"
                 await asyncio.to_thread(guard.cut_wav, audio, start, end, window)

@@ -119,6 +119,7 @@ class Jobs:
         context_mode: str = "parallel",
         language: str | None = None,
         model: str | None = None,
+        options: dict[str, Any] | None = None,
         job_id: uuid.UUID | None = None,
     ) -> uuid.UUID:
         job_id = job_id or uuid.uuid4()
@@ -132,6 +133,7 @@ class Jobs:
                     context_mode=context_mode,
                     language=language,
                     model=model,
+                    options=options or {},
                     original_filename=audio.name,
                     size_bytes=audio.stat().st_size,
                 )
