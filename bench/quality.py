@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -53,6 +54,8 @@ PIPELINE: dict[str, dict[str, str]] = {
     "no_vad_no_condition": {"STT_LOCAL_VAD_FILTER": "false", "STT_LOCAL_CONDITION_ON_PREVIOUS_TEXT": "false"},
 }
 CPU_THREADS = int(os.environ.get("STT_BENCH_CPU_THREADS", "0"))
+# Every row as it is measured, so that `--resume` after an interruption measures only what is missing.
+ROWS_LOG = DEFAULT_DEST.parent / "quality-rows.jsonl"
 
 
 @dataclass
@@ -93,19 +96,42 @@ def _row(item: CorpusItem, setting: str, model: str, text: str, wall: float, det
     )
 
 
-def single_pass_rows(items: list[CorpusItem], model_name: str, settings: list[str]) -> Iterator[Row]:
-    model = WhisperModel(_model_dir(model_name), device="cpu", compute_type="int8", cpu_threads=CPU_THREADS)
+def _measured(
+    done: dict[tuple[str, str, str], Row], item: CorpusItem, model: str, setting: str
+) -> Row | None:
+    row = done.get((item.id, model, setting))
+    if row is not None:
+        print(_line(row) + "  (measured before)", flush=True)
+    return row
+
+
+def _keep(row: Row) -> Row:
+    with ROWS_LOG.open("a", encoding="utf-8") as log:
+        log.write(json.dumps(asdict(row), ensure_ascii=False) + "\n")
+    print(_line(row), flush=True)
+    return row
+
+
+def single_pass_rows(
+    items: list[CorpusItem], model_name: str, settings: list[str], done: dict[tuple[str, str, str], Row]
+) -> Iterator[Row]:
+    model: WhisperModel | None = None
     for item in items:
         for name in settings:
+            if (row := _measured(done, item, model_name, f"single:{name}")) is not None:
+                yield row
+                continue
+            if model is None:
+                model = WhisperModel(
+                    _model_dir(model_name), device="cpu", compute_type="int8", cpu_threads=CPU_THREADS
+                )
             kwargs = SINGLE_PASS[name]
             language = item.language if model.model.is_multilingual else "en"
             started = time.perf_counter()
             segments, _info = model.transcribe(str(item.path), language=language, **kwargs)
             text = " ".join(segment.text.strip() for segment in segments)
             wall = time.perf_counter() - started
-            row = _row(item, f"single:{name}", model_name, text, wall, {"options": kwargs})
-            print(_line(row), flush=True)
-            yield row
+            yield _keep(_row(item, f"single:{name}", model_name, text, wall, {"options": kwargs}))
 
 
 def _model_dir(name: str) -> str:
@@ -113,12 +139,23 @@ def _model_dir(name: str) -> str:
     return bundled_model_path() if name == "tiny.en" else str(model_join.ensure_joined())
 
 
-async def pipeline_rows(bench: Bench, items: list[CorpusItem], name: str, env: dict[str, str]) -> list[Row]:
+async def pipeline_rows(
+    bench: Bench,
+    items: list[CorpusItem],
+    name: str,
+    env: dict[str, str],
+    done: dict[tuple[str, str, str], Row],
+) -> list[Row]:
     """Every item through a fresh set of stages (the transcriber configured by `env`), via REST."""
+    rows = [
+        row for item in items if (row := _measured(done, item, "tiny.en", f"pipeline:{name}")) is not None
+    ]
+    items = [item for item in items if (item.id, "tiny.en", f"pipeline:{name}") not in done]
+    if not items:
+        return rows
     port = free_port()
     ingest = bench.service("ingest", STT_HTTP_PORT=str(port))
     stages = [bench.service(stage, **env) for stage in ("chunker", "transcriber", "merger")]
-    rows: list[Row] = []
     try:
         await asyncio.gather(*(stage.ready(timeout=120) for stage in [ingest, *stages]))
         key = await create_key(
@@ -128,8 +165,7 @@ async def pipeline_rows(bench: Bench, items: list[CorpusItem], name: str, env: d
             base_url=f"http://127.0.0.1:{port}/api/v1", headers={"X-API-Key": key.api_key}, timeout=60
         ) as client:
             for item in items:
-                rows.append(await _through_pipeline(client, item, name))
-                print(_line(rows[-1]), flush=True)
+                rows.append(_keep(await _through_pipeline(client, item, name)))
     finally:
         for process in [ingest, *stages]:
             process.kill()
@@ -204,11 +240,19 @@ async def main() -> None:
     parser.add_argument("--pipeline", nargs="*", default=list(PIPELINE), help="pipeline settings")
     parser.add_argument("--base", action="store_true", help="also measure the multilingual base model")
     parser.add_argument("--long", type=int, default=2, help="long English recordings to make")
+    parser.add_argument("--resume", action="store_true", help=f"reuse the rows kept in {ROWS_LOG}")
     parser.add_argument(
         "--every", type=int, default=4, help="single-pass rows for every Nth short phone prompt only"
     )
     args = parser.parse_args()
 
+    done: dict[tuple[str, str, str], Row] = {}
+    if args.resume and ROWS_LOG.exists():
+        for line in ROWS_LOG.read_text(encoding="utf-8").splitlines():
+            row = Row(**json.loads(line))
+            done[(row.item, row.model, row.setting)] = row
+    elif ROWS_LOG.exists():
+        ROWS_LOG.unlink()
     corpus = prepare()
     english = [item for item in corpus if item.language == "en"]
     russian = [item for item in corpus if item.language == "ru"]
@@ -222,16 +266,16 @@ async def main() -> None:
     # Each short file costs a whole 30 s window of the encoder: a sample of the hundreds of phone
     # prompts says as much about them (the long recordings are made of all of them).
     sample = [item for n, item in enumerate(english) if item.kind != "phone" or n % args.every == 0]
-    rows = list(single_pass_rows([*long_en, *sample], "tiny.en", args.single))
+    rows = list(single_pass_rows([*long_en, *sample], "tiny.en", args.single, done))
     if args.base:
         long_ru = long_recordings(russian, DEFAULT_DEST, count=1)
         sample_ru = [item for n, item in enumerate(russian) if n % args.every == 0]
-        rows += single_pass_rows([*long_ru, *sample_ru], "base", ["plain", "vad"])
-        rows += single_pass_rows(long_en[:1], "base", ["plain"])
+        rows += single_pass_rows([*long_ru, *sample_ru], "base", ["plain", "vad"], done)
+        rows += single_pass_rows(long_en, "base", ["plain"], done)
     if args.pipeline:
         async with bench_stack() as bench:
             for name in args.pipeline:
-                rows += await pipeline_rows(bench, through_pipeline, name, PIPELINE[name])
+                rows += await pipeline_rows(bench, through_pipeline, name, PIPELINE[name], done)
     table = summary(rows)
     print("\n" + f"{'model and setting':<32}" + "".join(f"{g:<22}" for g in GROUPS))
     for setting, pooled in table.items():

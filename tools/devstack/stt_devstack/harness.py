@@ -74,15 +74,16 @@ class ServiceProcess:
         return self
 
     async def ready(self, timeout: float = 60) -> None:
+        # Ingest answers /readyz on its API port (STT_HTTP_PORT); the workers on their ops port.
+        port = self.env.get("STT_HTTP_PORT") or self.ops_port
+
         async def answers() -> bool:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise AssertionError(f"{self.name} exited early:\n{self.log()[-3000:]}")
             try:
                 async with httpx.AsyncClient() as client:
-                    return (
-                        await client.get(f"http://127.0.0.1:{self.ops_port}/readyz", timeout=2)
-                    ).is_success
+                    return (await client.get(f"http://127.0.0.1:{port}/readyz", timeout=2)).is_success
             except httpx.HTTPError:
                 return False
 
