@@ -101,6 +101,7 @@ async def test_a_language_detected_once_is_pinned_for_every_chunk(
     assert document["model"] == "base"
     assert wer(reference, document["text"]) <= 0.25
     assert all(segment["avg_logprob"] < 0 for segment in document["segments"])
+    assert 0 <= document["quality"]["low_confidence_share"] < 0.5
 
 
 # A decoder without Whisper's temperature fallback (an operator's speed setting) on speech in a

@@ -612,3 +612,15 @@ def test_property_untimed_segments_merge_to_the_spoken_text(seed: int, count: in
     got = [normalise(token) for token in merged.text.split()]
     # A few tokens may differ per boundary (interpolated times are rough), no more.
     assert Levenshtein.distance(got, [o.text for o in speech]) <= 3 * (count - 1)
+
+
+def test_low_confidence_share_counts_time_not_segments() -> None:
+    from stt_merger.handler import low_confidence_share
+
+    segments = [
+        Segment(start=0, end=9, text="clear", avg_logprob=-0.2),
+        Segment(start=9, end=10, text="mumbled", avg_logprob=-1.4),
+        Segment(start=10, end=12, text="no score"),
+    ]
+    assert low_confidence_share(segments) == 0.1
+    assert low_confidence_share([Segment(start=0, end=1, text="x")]) is None

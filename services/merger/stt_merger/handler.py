@@ -166,6 +166,7 @@ class MergerHandler:
                     for r in reports
                     for repair in r["repairs"]
                 ],
+                "low_confidence_share": low_confidence_share(merged.segments),
                 "loops_suppressed": sum(
                     1 for r in reports for repair in r["repairs"] if repair["reason"] == "loop"
                 ),
@@ -184,6 +185,21 @@ class MergerHandler:
         await self._producer.emit(
             Topic.JOBS_FINISHED, Envelope.for_topic(Topic.JOBS_FINISHED, job.id, producer=STAGE)
         )
+
+
+# Whisper's own line between a window it trusts and one it would decode again (`log_prob_threshold`).
+LOW_CONFIDENCE_LOGPROB = -1.0
+
+
+def low_confidence_share(segments: list[Segment]) -> float | None:
+    """Share of the transcribed time in segments whose mean token log-probability is below
+    LOW_CONFIDENCE_LOGPROB; None when the provider gives no confidences."""
+    scored = [s for s in segments if s.avg_logprob is not None and s.end > s.start]
+    total = sum(s.end - s.start for s in scored)
+    if not total:
+        return None
+    low = sum(s.end - s.start for s in scored if (s.avg_logprob or 0.0) < LOW_CONFIDENCE_LOGPROB)
+    return round(low / total, 4)
 
 
 def _renderings(document: dict[str, Any]) -> dict[str, bytes]:
