@@ -104,8 +104,10 @@ def resolve_options(options: JobOptions, settings: IngestSettings) -> ResolvedOp
         errors.append(
             FieldError(loc=["body", "provider"], msg=f"Unknown provider; one of: {allowed}.", type="enum")
         )
+    model = options.model
     if provider == "local":
-        errors.extend(_local_model_errors(options.model, language, settings))
+        model = local_models.model_for_job(options.model, language, settings.local_model)
+        errors.extend(_local_model_errors(model, language, settings))
     webhook_url = options.webhook_url
     if webhook_url is not None:
         try:
@@ -133,7 +135,7 @@ def resolve_options(options: JobOptions, settings: IngestSettings) -> ResolvedOp
     output = options.output.model_dump() if options.output is not None else {}
     return ResolvedOptions(
         provider=provider,
-        model=options.model,
+        model=model,
         language=language,
         context_mode=context_mode,
         webhook_url=webhook_url,
@@ -154,8 +156,6 @@ def _local_model_errors(
         return [FieldError(loc=["body", "model"], msg=message, type="enum")]
     if normalise_language(language) not in (None, "en") and local_models.is_english_only(resolved):
         message = local_models.english_only_message(resolved, str(language))
-        if not (model or "").strip():
-            message += " (No model was given: the server's default is used.)"
         return [FieldError(loc=["body", "language"], msg=message, type="unsupported_language")]
     return []
 

@@ -50,7 +50,6 @@ async def test_an_unknown_local_model_is_422_listing_the_models(
         ({"model": "tiny.en", "language": "ru"}, "tiny.en"),
         ({"model": "tiny.en", "language": "hy-AM"}, "tiny.en"),
         ({"model": "tiny.en", "language": "RU"}, "tiny.en"),
-        ({"language": "hy"}, "tiny.en"),  # no model: the server's default, English only
     ],
 )
 async def test_an_english_only_model_with_another_language_is_422(
@@ -92,6 +91,18 @@ async def test_what_the_models_can_do_is_accepted(
     assert (job.model, job.language) == (fields.get("model"), fields.get("language", "").lower() or None)
 
 
+@pytest.mark.parametrize("language", ["hy", "ru", "hy-AM"])
+async def test_a_job_in_another_language_naming_no_model_gets_the_multilingual_one(
+    api: Api, key: Key, sessionmaker_: async_sessionmaker[AsyncSession], language: str
+) -> None:
+    response = await _upload(api, key, language=language)
+    assert response.status_code == 202, response.text
+    async with sessionmaker_() as session:
+        job = await session.get(Job, uuid.UUID(response.json()["job_id"]))
+    assert job is not None
+    assert (job.model, job.language) == ("base", language.lower())
+
+
 @pytest.mark.parametrize("auto", ["auto", "AUTO"])
 async def test_auto_means_detect_it(
     api: Api, key: Key, sessionmaker_: async_sessionmaker[AsyncSession], auto: str
@@ -118,5 +129,6 @@ async def test_the_configured_default_model_is_offered_too(make_api: AppFactory,
 
     async with make_api(local_model="distil-small.en") as english:
         assert "'distil-small.en' transcribes English only" in _error(
-            await _upload(english, key, language="ru"), "language"
+            await _upload(english, key, model="distil-small.en", language="ru"), "language"
         )
+        assert (await _upload(english, key, language="ru")).status_code == 202  # gets `base`

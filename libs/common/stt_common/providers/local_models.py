@@ -21,6 +21,7 @@ from pathlib import PurePath
 from typing import Literal
 
 from stt_common.errors import SttError
+from stt_common.providers.languages import normalise_language
 
 # The one place the default is chosen (the settings of ingest and the transcriber both start from it).
 DEFAULT_LOCAL_MODEL = "tiny.en"
@@ -92,6 +93,18 @@ def resolve_model_name(requested: str | None, configured: str | None) -> str | N
         return name
     if name == display_name(default):
         return default
+    return None
+
+
+def model_for_job(requested: str | None, language: str | None, configured: str | None) -> str | None:
+    """The model a job is stored with: the one it names; with none, the server's default (None),
+    unless that default is English-only and the job's language is another, when it is the
+    multilingual model: an Armenian job that names no model is transcribed in Armenian, not refused.
+    A job that names an English-only model and another language is still refused."""
+    if (requested or "").strip():
+        return requested
+    if normalise_language(language) not in (None, "en") and is_english_only(configured_model(configured)):
+        return MULTILINGUAL_MODEL
     return None
 
 
