@@ -43,7 +43,9 @@ class TranscriberSettings(Settings):
         default=True, description="Whisper's own context between 30 s windows (a job may override it)."
     )
     local_vad_filter: bool = Field(
-        default=True, description="Skip what Silero VAD calls non-speech before decoding (docs/quality.md)."
+        default=False,
+        description="Skip what Silero VAD calls non-speech before decoding; off: it saved no words on the "
+        "benchmark and cost words on conversational speech (docs/quality.md).",
     )
 
     # OpenAI and OpenAI-compatible servers.

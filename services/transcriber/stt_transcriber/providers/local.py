@@ -145,11 +145,11 @@ class LocalWhisperProvider:
       device: "auto" (CUDA when available, else CPU), "cpu" or "cuda".
       compute_type: CTranslate2 quantisation; default "int8" on CPU, "float16" on CUDA.
       beam_size: 5 by default. cpu_threads: 0 = library default. num_workers: parallel transcriptions.
-      vad_filter: skip non-speech with Silero VAD (bundled, offline); on by default.
+      vad_filter: skip what Silero VAD (bundled, offline) calls non-speech; off by default: on our
+        benchmark it saved no words, and on conversational speech it cost words (docs/quality.md).
       condition_on_previous_text: feed each 30 s window the text of the one before (Whisper's
-        default, and ours). Neither value is better everywhere with tiny.en: on the demo's LibriVox
-        chunk it made the model loop (a round of 71 words lost, 26 invented; off: 3 words lost),
-        while off, the e2e LibriVox recording lost 67 words next to a chunk boundary.
+        default, and ours: without it the benchmark's long recordings lose a third more words; the
+        loops it can cause are caught by the transcriber's guard; docs/quality.md).
       local_files_only / download_root: for model names, never download / where the HF cache lives.
     Word timestamps are always on.
     """
@@ -166,7 +166,7 @@ class LocalWhisperProvider:
         beam_size: int = 5,
         cpu_threads: int = 0,
         num_workers: int = 1,
-        vad_filter: bool = True,
+        vad_filter: bool = False,
         condition_on_previous_text: bool = True,
         local_files_only: bool = False,
         download_root: str | None = None,
