@@ -178,7 +178,7 @@ async def _through_pipeline(client: httpx.AsyncClient, item: CorpusItem, name: s
         form = {"provider": "local", "language": item.language}
         answer = await client.post("/transcribe", files={"file": (item.path.name, handle)}, data=form)
     answer.raise_for_status()
-    job_id = answer.json()["id"]
+    job_id = answer.json()["job_id"]
 
     async def finished() -> dict[str, Any] | None:
         job = (await client.get(f"/jobs/{job_id}")).json()
