@@ -27,6 +27,15 @@ pytestmark = pytest.mark.slow
 S3_ATTEMPTS = 4
 CHUNK_SECONDS = 60
 AUDIO_SECONDS = 330  # six chunks of 60 s with 5 s of overlap
+CHUNKING = {
+    "STT_CHUNK_SECONDS": str(CHUNK_SECONDS),
+    "STT_CHUNK_OVERLAP_SECONDS": "5",
+    "STT_CHUNK_SEARCH_WINDOW_SECONDS": "5",
+}
+
+
+def _tone_mp3(tmp_path: Path) -> Path:
+    return to_format(tone_wav(tmp_path / "tone.wav", AUDIO_SECONDS), tmp_path / "tone.mp3", "mp3")
 
 
 def _ffmpeg_pids(job_id: uuid.UUID) -> list[int]:
@@ -78,11 +87,9 @@ async def test_ffmpeg_killed_after_chunks_are_up_is_retried_not_failed(
     chunker = await start_service(
         "chunker",
         STT_WORK_DIR=str(work_dir),
-        STT_CHUNK_SECONDS=str(CHUNK_SECONDS),
-        STT_CHUNK_OVERLAP_SECONDS="5",
-        STT_CHUNK_SEARCH_WINDOW_SECONDS="5",
+        **CHUNKING,
     )
-    audio = to_format(tone_wav(tmp_path / "tone.wav", AUDIO_SECONDS), tmp_path / "tone.mp3", "mp3")
+    audio = _tone_mp3(tmp_path)
     job_id = uuid.uuid4()
     stepping = asyncio.create_task(
         _step_ffmpeg_until(job_id, _a_chunk_is_up(store, job_id), "a chunk was up")
@@ -124,11 +131,9 @@ async def test_an_s3_outage_mid_decode_kills_ffmpeg_and_the_job_is_chunked_again
             "chunker",
             STT_S3_ENDPOINT_URL=proxy.url,
             STT_WORK_DIR=str(work_dir),
-            STT_CHUNK_SECONDS=str(CHUNK_SECONDS),
-            STT_CHUNK_OVERLAP_SECONDS="5",
-            STT_CHUNK_SEARCH_WINDOW_SECONDS="5",
+            **CHUNKING,
         )
-        audio = to_format(tone_wav(tmp_path / "tone.wav", AUDIO_SECONDS), tmp_path / "tone.mp3", "mp3")
+        audio = _tone_mp3(tmp_path)
         job_id = uuid.uuid4()
 
         async def upload_refused() -> bool:
@@ -168,11 +173,9 @@ async def test_a_recording_over_the_length_limit_fails_and_leaves_no_chunks(
     await start_service(
         "chunker",
         STT_MAX_AUDIO_SECONDS="200",
-        STT_CHUNK_SECONDS=str(CHUNK_SECONDS),
-        STT_CHUNK_OVERLAP_SECONDS="5",
-        STT_CHUNK_SEARCH_WINDOW_SECONDS="5",
+        **CHUNKING,
     )
-    audio = to_format(tone_wav(tmp_path / "tone.wav", AUDIO_SECONDS), tmp_path / "tone.mp3", "mp3")
+    audio = _tone_mp3(tmp_path)
     job_id = uuid.uuid4()
     stepping = asyncio.create_task(
         _step_ffmpeg_until(job_id, _a_chunk_is_up(store, job_id), "a chunk was up")
@@ -200,11 +203,9 @@ async def test_a_chunk_put_that_lands_after_the_failure_is_still_deleted(
             "chunker",
             STT_S3_ENDPOINT_URL=proxy.url,
             STT_MAX_AUDIO_SECONDS="200",
-            STT_CHUNK_SECONDS=str(CHUNK_SECONDS),
-            STT_CHUNK_OVERLAP_SECONDS="5",
-            STT_CHUNK_SEARCH_WINDOW_SECONDS="5",
+            **CHUNKING,
         )
-        audio = to_format(tone_wav(tmp_path / "tone.wav", AUDIO_SECONDS), tmp_path / "tone.mp3", "mp3")
+        audio = _tone_mp3(tmp_path)
         job_id = uuid.uuid4()
 
         async def a_put_is_held() -> bool:
