@@ -1,4 +1,4 @@
-"""Topic names and the message envelope (DESIGN §4).
+"""Topic names and the message envelope.
 
 Messages are triggers that carry ids only (claim-check): audio and transcripts live in S3.
 """

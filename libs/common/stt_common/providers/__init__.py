@@ -1,4 +1,4 @@
-"""The provider interface and registry (DESIGN §5). Adapters raise the typed errors of
+"""The provider interface and registry. Adapters raise the typed errors of
 `stt_common.errors`, so the transcriber never inspects vendor messages."""
 
 from stt_common.providers.base import (
