@@ -19,7 +19,6 @@ from stt_common.providers.local_models import LOCAL_MODELS, LocalModelError
 from stt_devstack.wer import wer
 from stt_transcriber import model_join
 from stt_transcriber.pool import ProviderPool
-from stt_transcriber.providers import register_builtin_providers
 from stt_transcriber.providers.local import LocalWhisperProvider
 from stt_transcriber.settings import TranscriberSettings
 from tests.integration.test_local_provider import LIBRIVOX, UTTERANCE, _references
@@ -182,7 +181,6 @@ async def test_an_english_only_model_refuses_another_language(
 
 
 async def test_the_default_is_one_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    register_builtin_providers()
     monkeypatch.setenv("STT_LOCAL_MODEL", "base")
     monkeypatch.setenv("STT_LOCAL_MODEL_CACHE_DIR", str(tmp_path))
     provider = ProviderPool(TranscriberSettings(development=True)).get("local")

@@ -13,11 +13,10 @@ import pytest
 import pytest_asyncio
 
 from stt_common.errors import InvalidAudioError, classify
-from stt_common.providers.base import ProviderRequest, get_provider, registered_providers
+from stt_common.providers.base import ProviderRequest
 from stt_common.transcript import ChunkTranscript, Segment
 from stt_devstack.wer import wer, word_errors
 from stt_transcriber.pool import ProviderPool
-from stt_transcriber.providers import register_builtin_providers
 from stt_transcriber.providers.local import LocalModelError, LocalWhisperProvider
 from stt_transcriber.providers.vendor import context_prompt
 from stt_transcriber.settings import TranscriberSettings
@@ -79,18 +78,14 @@ def librivox_concat(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str
 
 @pytest_asyncio.fixture(scope="module")
 async def provider() -> AsyncIterator[LocalWhisperProvider]:
-    register_builtin_providers()
-    instance = get_provider("local", cpu_threads=2)
-    assert isinstance(instance, LocalWhisperProvider)
+    instance = LocalWhisperProvider(cpu_threads=2)
     await instance.load()
     yield instance
     await instance.aclose()
 
 
 def test_registered_with_bundled_defaults() -> None:
-    register_builtin_providers()
-    assert "local" in registered_providers()
-    p = get_provider("local")
+    p = ProviderPool(TranscriberSettings(development=True)).get("local")
     assert isinstance(p, LocalWhisperProvider)
     assert p.name == "local"
     assert p.config.model_name == "tiny.en"
@@ -103,7 +98,6 @@ def test_registered_with_bundled_defaults() -> None:
 
 
 def test_transcriber_settings_reach_the_local_provider(monkeypatch: pytest.MonkeyPatch) -> None:
-    register_builtin_providers()
     monkeypatch.setenv("STT_LOCAL_CONDITION_ON_PREVIOUS_TEXT", "false")
     monkeypatch.setenv("STT_LOCAL_BEAM_SIZE", "2")
     provider = ProviderPool(TranscriberSettings(development=True)).get("local")

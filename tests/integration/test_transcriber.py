@@ -22,7 +22,6 @@ from stt_common.s3 import ObjectStore, chunk_audio_key, chunk_result_key
 from stt_common.settings import Settings
 from stt_transcriber.handler import TranscriberHandler, job_prompt
 from stt_transcriber.pool import ProviderPool
-from stt_transcriber.providers import register_builtin_providers
 from stt_transcriber.settings import TranscriberSettings
 from tests.fakes.openai_server import Failure, FakeOpenAI
 from tests.fixtures.audio import tone_wav
@@ -50,7 +49,6 @@ async def handler(
     settings: Settings, sessionmaker_: async_sessionmaker[AsyncSession], store: ObjectStore, fake: FakeOpenAI
 ) -> AsyncIterator[TranscriberHandler]:
     fake.reset()
-    register_builtin_providers()
     tx_settings = TranscriberSettings(
         **settings.model_dump(exclude={"service_name", "ops_port", "max_in_flight"}),
         openai_base_url=fake.base_url,

@@ -6,9 +6,9 @@ nothing in the code base reads `os.environ` on its own.
 
 from __future__ import annotations
 
-from typing import Self
+from typing import Any, Self
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Values that ship in examples and must never reach production unchanged.
@@ -96,3 +96,67 @@ class Settings(BaseSettings):
                 self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
             )
         return kwargs
+
+
+def _key(setting: str, *vendor_names: str) -> Any:
+    """A provider key read from `STT_<SETTING>` or, failing that, the vendor's own variable name."""
+    return Field(
+        default=None,
+        validation_alias=AliasChoices(setting, f"STT_{setting.upper()}", *vendor_names),
+        description=f"API key (STT_{setting.upper()}, or {' / '.join(vendor_names)}).",
+    )
+
+
+class ProviderSettings(Settings):
+    """Which remote providers this deployment can use: their keys, endpoints and default models.
+
+    Shared by ingest (which lists the configured providers and refuses jobs for the others) and the
+    transcriber (which calls them). Ingest never sends a key anywhere; it only checks that one is set.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="STT_", extra="ignore", populate_by_name=True)
+
+    openai_api_key: SecretStr | None = _key("openai_api_key", "OPENAI_API_KEY")
+    openai_base_url: str | None = Field(
+        default=None, description="An OpenAI-compatible server (speaches, vLLM, ...); it may need no key."
+    )
+    openai_model: str = "whisper-1"
+
+    gemini_api_key: SecretStr | None = _key("gemini_api_key", "GEMINI_API_KEY", "GOOGLE_API_KEY")
+    gemini_base_url: str | None = None
+    gemini_model: str = "gemini-2.5-flash"
+
+    elevenlabs_api_key: SecretStr | None = _key("elevenlabs_api_key", "ELEVENLABS_API_KEY")
+    elevenlabs_base_url: str | None = None
+    elevenlabs_model: str = "scribe_v2"
+
+    hispeech_api_key: SecretStr | None = _key("hispeech_api_key", "HISPEECH_API_KEY")
+    hispeech_base_url: str | None = None
+    hispeech_model: str = "model-01052025"
+
+    wavam_api_key: SecretStr | None = _key("wavam_api_key", "WAVAM_API_KEY")
+    wavam_base_url: str | None = None
+    wavam_model: str = "default"
+
+    def provider_key(self, name: str) -> str | None:
+        """The provider's key, None when unset or blank (and for `local`, which needs none)."""
+        value = getattr(self, f"{name}_api_key", None)
+        secret = value.get_secret_value().strip() if isinstance(value, SecretStr) else ""
+        return secret or None
+
+    def provider_base_url(self, name: str) -> str | None:
+        value = getattr(self, f"{name}_base_url", None)
+        return value.strip() or None if isinstance(value, str) else None
+
+    def provider_model(self, name: str) -> str | None:
+        value = getattr(self, f"{name}_model", None)
+        return value.strip() or None if isinstance(value, str) else None
+
+    def provider_configured(self, name: str) -> bool:
+        """Can this deployment call the provider: it needs no key, has one, or (openai) points at a
+        compatible server that may need none."""
+        if name == "local":
+            return True
+        if name == "openai" and self.provider_base_url(name):
+            return True
+        return self.provider_key(name) is not None

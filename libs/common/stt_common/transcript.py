@@ -26,6 +26,10 @@ class Segment(BaseModel):
     # held no speech at all.
     avg_logprob: float | None = None
     no_speech_prob: float | None = None
+    # start/end (and the words' times) were estimated from the audio's speech energy: the provider
+    # gave text only (`stt_transcriber.timing.estimate_times`). Such times can be off by seconds, so
+    # the merger aligns these chunks by their words alone. Absent in older documents: False.
+    estimated: bool = False
 
 
 class ChunkTranscript(BaseModel):

@@ -10,12 +10,10 @@ from stt_common.messages import Topic
 from stt_common.service import run_worker
 from stt_transcriber.handler import TranscriberHandler
 from stt_transcriber.pool import ProviderPool
-from stt_transcriber.providers import register_builtin_providers
 from stt_transcriber.settings import TranscriberSettings
 
 
 async def run(settings: TranscriberSettings) -> None:
-    register_builtin_providers()
     pool = ProviderPool(settings)
     try:
         await run_worker(

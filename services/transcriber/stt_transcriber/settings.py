@@ -1,12 +1,12 @@
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import Field
 
 from stt_common.providers.local_models import DEFAULT_LOCAL_MODEL
-from stt_common.settings import Settings
+from stt_common.settings import ProviderSettings
 
 
-class TranscriberSettings(Settings):
+class TranscriberSettings(ProviderSettings):
     service_name: str = "transcriber"
     ops_port: int = 8083
     max_in_flight: int = Field(
@@ -48,26 +48,20 @@ class TranscriberSettings(Settings):
         "benchmark and cost words on conversational speech (docs/quality.md).",
     )
 
-    # OpenAI and OpenAI-compatible servers.
-    openai_api_key: SecretStr | None = None
-    openai_base_url: str | None = None
-    openai_model: str = "whisper-1"
+    # Remote vendors (their keys, endpoints and models are in `ProviderSettings`).
     provider_timeout_seconds: float = Field(
         default=300.0, gt=0, description="Per HTTP call to a remote vendor (openai, gemini, elevenlabs)."
     )
 
     # Google Gemini (google-genai).
-    gemini_api_key: SecretStr | None = None
-    gemini_base_url: str | None = None
-    gemini_model: str = "gemini-2.5-flash"
     gemini_inline_max_bytes: int = Field(
         default=15 * 1024 * 1024, ge=0, description="Larger chunks go through the Files API."
     )
     gemini_temperature: float = Field(default=0.0, ge=0)
 
     # ElevenLabs Speech-to-Text (Scribe).
-    elevenlabs_api_key: SecretStr | None = None
-    elevenlabs_base_url: str | None = None
-    elevenlabs_model: str = "scribe_v2"
     elevenlabs_diarize: bool = False
     elevenlabs_tag_audio_events: bool = False
+
+    # wav.am: every call names a project, found or made by this name once per process.
+    wavam_project: str = Field(default="stt-pipeline", min_length=1)

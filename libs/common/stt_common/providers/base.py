@@ -1,11 +1,10 @@
-"""One interface for every speech-to-text vendor, and a registry by name."""
+"""One interface for every speech-to-text vendor (the transcriber's pool maps names to adapters)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from stt_common.transcript import ChunkTranscript, Segment
 
@@ -23,7 +22,7 @@ class ProviderRequest:
 
 
 class Provider(Protocol):
-    name: str
+    name: ClassVar[str]
 
     async def transcribe(self, audio_path: Path, request: ProviderRequest) -> ChunkTranscript:
         """Transcribe one chunk (16 kHz mono WAV). Raises `stt_common.errors.SttError` subclasses."""
@@ -42,25 +41,3 @@ class LanguageDetector(Protocol):
     async def detect_language(self, audio_path: Path, model: str | None) -> tuple[str, float] | None:
         """(language code, probability), or None when the model knows one language only."""
         ...
-
-
-ProviderFactory = Callable[..., Provider]
-
-_REGISTRY: dict[str, ProviderFactory] = {}
-
-
-def register_provider(name: str, factory: ProviderFactory) -> None:
-    _REGISTRY[name] = factory
-
-
-def get_provider(name: str, **config: Any) -> Provider:
-    try:
-        factory = _REGISTRY[name]
-    except KeyError:
-        known = ", ".join(sorted(_REGISTRY)) or "none"
-        raise KeyError(f"unknown provider {name!r} (registered: {known})") from None
-    return factory(**config)
-
-
-def registered_providers() -> list[str]:
-    return sorted(_REGISTRY)

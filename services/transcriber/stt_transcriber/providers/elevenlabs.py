@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -42,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
 from stt_common.errors import (
     AuthError,
@@ -57,8 +56,10 @@ from stt_common.logs import get_logger
 from stt_common.providers.base import ProviderRequest
 from stt_common.providers.languages import normalise_language
 from stt_common.transcript import ChunkTranscript, Segment, Word
+from stt_transcriber.providers.remote import RemoteProvider
 from stt_transcriber.providers.vendor import (
     GarbageResponseError,
+    VendorBody,
     VendorRequestError,
     check_times,
     clamp,
@@ -68,16 +69,15 @@ from stt_transcriber.providers.vendor import (
     http_status_error,
     one_line,
     read_audio,
-    redact,
     time_limits,
     transport_error,
 )
+from stt_transcriber.settings import TranscriberSettings
 
 log = get_logger(__name__)
 
 NAME = "elevenlabs"
 DEFAULT_BASE_URL = "https://api.elevenlabs.io"
-DEFAULT_MODEL = "scribe_v2"
 ENDPOINT = "/v1/speech-to-text"
 KEY_ENV = "ELEVENLABS_API_KEY"
 KEY_SETTING = "STT_ELEVENLABS_API_KEY"
@@ -138,7 +138,7 @@ class ElevenLabsRequestError(VendorRequestError):
 
 
 # What the operator can do, by the kind of error (appended to every message).
-_HINTS: dict[type[SttError], str] = {
+HINTS: dict[type[SttError], str] = {
     AuthError: f"check {KEY_SETTING} (the key needs Speech to Text access)",
     QuotaExceededError: "the ElevenLabs account is out of credits: top up or upgrade the plan, then retry",
     RateLimitedError: "too many requests or concurrent transcriptions for the ElevenLabs plan; "
@@ -154,11 +154,7 @@ _HINTS: dict[type[SttError], str] = {
 # ------------------------------------------------------------------------------------ response shapes
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
-
-
-class _ApiWord(_Strict):
+class _ApiWord(VendorBody):
     text: str
     type: str
     start: float | None = None
@@ -167,7 +163,7 @@ class _ApiWord(_Strict):
     logprob: float | None = None
 
 
-class _ApiBody(_Strict):
+class _ApiBody(VendorBody):
     text: str
     words: list[_ApiWord]
     language_code: str | None = None
@@ -177,91 +173,51 @@ class _ApiBody(_Strict):
 # --------------------------------------------------------------------------------------------- provider
 
 
-@dataclass(frozen=True)
-class ElevenLabsConfig:
-    model: str
-    base_url: str
-    timeout: float
-    diarize: bool
-    tag_audio_events: bool
-
-
-class ElevenLabsProvider:
+class ElevenLabsProvider(RemoteProvider[httpx.AsyncClient]):
     """ElevenLabs Speech to Text behind the `Provider` protocol.
 
-    Settings:
-      api_key: the key (`STT_ELEVENLABS_API_KEY`); `ELEVENLABS_API_KEY` from the environment when unset.
+    Settings (besides the key, base URL, model and timeout of every remote provider):
       base_url: "https://api.elevenlabs.io" by default (a data-residency host, or a test server); a
         trailing "/v1" is ignored.
-      model: "scribe_v2" by default (the current batch model; "scribe_v1" still works);
-        `ProviderRequest.model` overrides it per call.
-      timeout: seconds for each phase of an HTTP call (connect, upload, waiting for the answer).
+      model: "scribe_v2" by default (the current batch model; "scribe_v1" still works).
       diarize: ask for speaker labels (`Segment.speaker` is then "speaker_0", "speaker_1", ...).
       tag_audio_events: ask for audio events, kept in the segment text as "[laughter]".
     """
 
     name = NAME
+    hints = HINTS
 
-    def __init__(
-        self,
-        *,
-        api_key: str | None = None,
-        base_url: str | None = None,
-        model: str | None = None,
-        timeout: float = 300.0,
-        diarize: bool = False,
-        tag_audio_events: bool = False,
-    ) -> None:
-        if not (timeout > 0 and math.isfinite(timeout)):
-            raise ValueError(f"elevenlabs provider: timeout must be > 0, not {timeout}")
-        url = (base_url or "").strip().rstrip("/") or DEFAULT_BASE_URL
-        url = url.removesuffix("/v1")
-        self.config = ElevenLabsConfig(
-            model=(model or "").strip() or DEFAULT_MODEL,
-            base_url=url,
-            timeout=float(timeout),
-            diarize=bool(diarize),
-            tag_audio_events=bool(tag_audio_events),
-        )
-        key = (api_key or "").strip() or os.environ.get(KEY_ENV, "").strip()
-        self._api_key: str | None = key or None
-        self._client: httpx.AsyncClient | None = None
+    def __init__(self, *, diarize: bool = False, tag_audio_events: bool = False, **common: Any) -> None:
+        super().__init__(**common)
+        self.base_url: str = (self.base_url or DEFAULT_BASE_URL).removesuffix("/v1")
+        self.diarize = bool(diarize)
+        self.tag_audio_events = bool(tag_audio_events)
 
-    def _get_client(self) -> httpx.AsyncClient:
-        """The shared client, made on first use (again after `aclose`)."""
-        if self._client is None:
-            if self._api_key is None:
-                raise AuthError(
-                    f"{NAME} provider: no API key configured; set {KEY_SETTING} (or {KEY_ENV} in the "
-                    "transcriber's environment)"
-                )
-            self._client = httpx.AsyncClient(
-                base_url=self.config.base_url,
-                timeout=httpx.Timeout(self.config.timeout),
-                headers={"xi-api-key": self._api_key, "accept": "application/json"},
-                follow_redirects=False,
-            )
-        return self._client
+    @classmethod
+    def settings_kwargs(cls, settings: TranscriberSettings) -> dict[str, Any]:
+        return {
+            **super().settings_kwargs(settings),
+            "diarize": settings.elevenlabs_diarize,
+            "tag_audio_events": settings.elevenlabs_tag_audio_events,
+        }
 
-    def __repr__(self) -> str:  # never shows the key
-        c = self.config
-        return (
-            f"ElevenLabsProvider(model={c.model!r}, base_url={c.base_url!r}, diarize={c.diarize}, "
-            f"tag_audio_events={c.tag_audio_events})"
+    def _make_client(self, api_key: str) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self.base_url or DEFAULT_BASE_URL,
+            timeout=httpx.Timeout(self.timeout),
+            headers={"xi-api-key": api_key, "accept": "application/json"},
+            follow_redirects=False,
         )
 
-    async def aclose(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
+    async def _close_client(self, client: httpx.AsyncClient) -> None:
+        await client.aclose()
 
     # ------------------------------------------------------------------------------------ transcribe
 
-    async def transcribe(self, audio_path: Path, request: ProviderRequest) -> ChunkTranscript:
-        audio_path = Path(audio_path)
-        model = (request.model or "").strip() or self.config.model
+    async def _transcribe(self, audio_path: Path, request: ProviderRequest) -> ChunkTranscript:
+        model = self.model_for(request)
         label = f"{NAME} ({model})"
-        client = self._get_client()
+        client = self.client()
         data, duration = await asyncio.to_thread(read_audio, audio_path)
         language = normalise_language(request.language)
         form = self._form(model, language, request)
@@ -271,11 +227,11 @@ class ElevenLabsProvider:
         try:
             response = await client.post(ENDPOINT, data=form, files=files)
         except httpx.TransportError as exc:
-            err = transport_error(label, self.config.base_url, exc, self.config.timeout)
-            raise self._with_hint(err, self._redact(err.message)) from exc
+            err = transport_error(label, self.base_url, exc, self.timeout)
+            raise err from exc
         except httpx.HTTPError as exc:  # an invalid URL and the like: configuration
-            detail = self._redact(one_line(str(exc))) or type(exc).__name__
-            raise self._with_hint(ElevenLabsRequestError(f"{label}: {detail}")) from None
+            detail = self.redact(one_line(str(exc))) or type(exc).__name__
+            raise ElevenLabsRequestError(f"{label}: {detail}") from None
 
         if response.status_code != 200:
             raise self._status_error(response, model)
@@ -285,12 +241,12 @@ class ElevenLabsProvider:
                 duration=duration,
                 model=model,
                 requested_language=language,
-                diarize=self.config.diarize,
-                tag_audio_events=self.config.tag_audio_events,
+                diarize=self.diarize,
+                tag_audio_events=self.tag_audio_events,
             )
         except GarbageResponseError as exc:
-            what = f"(HTTP {response.status_code}) {self._redact(one_line(str(exc), 300))}"
-            raise self._with_hint(garbage_error(label, what)) from None
+            what = f"(HTTP {response.status_code}) {self.redact(one_line(str(exc), 300))}"
+            raise garbage_error(label, what) from None
         log.debug(
             "elevenlabs_transcribed",
             model=model,
@@ -306,8 +262,8 @@ class ElevenLabsProvider:
         form: dict[str, Any] = {
             "model_id": model,
             "timestamps_granularity": "word",
-            "diarize": _form_bool(self.config.diarize),
-            "tag_audio_events": _form_bool(self.config.tag_audio_events),
+            "diarize": _form_bool(self.diarize),
+            "tag_audio_events": _form_bool(self.tag_audio_events),
         }
         if language:
             form["language_code"] = language
@@ -329,33 +285,21 @@ class ElevenLabsProvider:
 
     # ---------------------------------------------------------------------------------------- errors
 
-    def _redact(self, text: str) -> str:
-        return redact(text, self._api_key)
-
-    @staticmethod
-    def _with_hint(err: SttError, message: str | None = None) -> SttError:
-        """The same kind of error, its message followed by what the operator can do."""
-        hint = next((h for kind, h in _HINTS.items() if isinstance(err, kind)), None)
-        text = message if message is not None else err.message
-        if hint:
-            text = f"{text}; {hint}"
-        return type(err)(text, retry_after=err.retry_after)
-
     def _status_error(self, response: httpx.Response, model: str) -> SttError:
         """The typed error for an HTTP error answer, from its status and the body's `detail`."""
         status = response.status_code
         info = parse_error_body(response.content)
-        vendor = one_line(self._redact(info.message or response.reason_phrase or "no details"))
+        vendor = one_line(self.redact(info.message or response.reason_phrase or "no details"))
         label = info.code or info.status or info.type
         message = f"{NAME} ({model}): HTTP {status}{f' {label}' if label else ''}: {vendor}"
         if info.request_id:
-            message += f" (request {one_line(self._redact(info.request_id), 80)})"
+            message += f" (request {one_line(self.redact(info.request_id), 80)})"
         quota = bool(QUOTA_CODES & {info.code, info.status, info.type})
         about_audio = info.param == "file" or bool(AUDIO_ERROR_CODES & {info.code, info.status})
         err = http_status_error(status, message, response.headers, quota=quota, about_audio=about_audio)
         if type(err) is VendorRequestError:
             err = ElevenLabsRequestError(err.message, retry_after=err.retry_after)
-        return self._with_hint(err)
+        return err
 
 
 # ---------------------------------------------------------------------------------------------- helpers

@@ -55,11 +55,10 @@ import asyncio
 import io
 import json
 import math
-import os
 import re
 import time
 from collections.abc import Awaitable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -67,7 +66,7 @@ import httpx
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+from pydantic import BeforeValidator, ValidationError
 
 from stt_common.errors import (
     AuthError,
@@ -80,8 +79,10 @@ from stt_common.logs import get_logger
 from stt_common.providers.base import ProviderRequest
 from stt_common.providers.languages import normalise_language
 from stt_common.transcript import ChunkTranscript, Segment
+from stt_transcriber.providers.remote import RemoteProvider
 from stt_transcriber.providers.vendor import (
     GarbageResponseError,
+    VendorBody,
     VendorRequestError,
     check_times,
     clamp,
@@ -93,18 +94,16 @@ from stt_transcriber.providers.vendor import (
     one_line,
     parse_retry_after,
     read_audio,
-    redact,
     time_limits,
     transport_error,
 )
+from stt_transcriber.settings import TranscriberSettings
 
 log = get_logger(__name__)
 
 T = TypeVar("T")
 
-DEFAULT_MODEL = "gemini-2.5-flash"
 API_VERSION = "v1beta"
-KEY_ENV_VARS = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
 # How much of the previous chunk's text goes into the prompt (an LLM reads far more than Whisper's 224
 # tokens; a few sentences are enough for names, spelling and who was speaking).
 GEMINI_CONTEXT_CHARS = 600
@@ -170,18 +169,14 @@ def _seconds(value: Any) -> Any:
 Seconds = Annotated[float, BeforeValidator(_seconds)]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
-
-
-class _ModelSegment(_Strict):
+class _ModelSegment(VendorBody):
     start: Seconds
     end: Seconds
     text: str
     speaker: str | None = None
 
 
-class _ModelTranscript(_Strict):
+class _ModelTranscript(VendorBody):
     language: str | None = None
     segments: list[_ModelSegment]
 
@@ -212,26 +207,10 @@ def _response_schema() -> types.Schema:
 # --------------------------------------------------------------------------------------------- provider
 
 
-@dataclass(frozen=True)
-class GeminiConfig:
-    model: str
-    base_url: str | None
-    timeout: float
-    inline_max_bytes: int
-    temperature: float
-    file_poll_interval: float
-    file_wait_timeout: float
-
-
-class GeminiProvider:
+class GeminiProvider(RemoteProvider[genai.Client]):
     """Gemini (Google AI Studio API) behind the `Provider` protocol.
 
-    Settings:
-      api_key: the key (`STT_GEMINI_API_KEY`); `GEMINI_API_KEY`, then `GOOGLE_API_KEY`, from the
-        environment when unset. Missing: `AuthError` at call time.
-      base_url: another endpoint (a proxy, a test fake); Google's own when unset.
-      model: "gemini-2.5-flash" by default; `ProviderRequest.model` overrides it per call.
-      timeout: seconds for each HTTP call (generate, each upload step, each poll).
+    Settings (besides the key, base URL, model and timeout of every remote provider):
       inline_max_bytes: audio larger than this goes through the Files API (15 MiB by default).
       temperature: sampling temperature (0 for the most literal transcript).
       file_poll_interval, file_wait_timeout: how often, and how long at most, to wait for an uploaded
@@ -243,80 +222,59 @@ class GeminiProvider:
     def __init__(
         self,
         *,
-        api_key: str | None = None,
-        base_url: str | None = None,
-        model: str | None = None,
-        timeout: float = 300.0,
         inline_max_bytes: int = 15 * 1024 * 1024,
         temperature: float = 0.0,
         file_poll_interval: float = 1.0,
         file_wait_timeout: float = 120.0,
+        **common: Any,
     ) -> None:
-        if not (timeout > 0 and math.isfinite(timeout)):
-            raise ValueError(f"gemini provider: timeout must be > 0, not {timeout}")
+        super().__init__(**common)
         if inline_max_bytes < 0:
             raise ValueError(f"gemini provider: inline_max_bytes must be >= 0, not {inline_max_bytes}")
         if not (0.0 <= temperature <= 2.0):
             raise ValueError(f"gemini provider: temperature must be within 0..2, not {temperature}")
         if file_poll_interval <= 0 or file_wait_timeout <= 0:
             raise ValueError("gemini provider: file_poll_interval and file_wait_timeout must be > 0")
-        base_url = base_url.strip().rstrip("/") if base_url and base_url.strip() else None
-        self.config = GeminiConfig(
-            model=(model or "").strip() or DEFAULT_MODEL,
-            base_url=base_url,
-            timeout=float(timeout),
-            inline_max_bytes=int(inline_max_bytes),
-            temperature=float(temperature),
-            file_poll_interval=float(file_poll_interval),
-            file_wait_timeout=float(file_wait_timeout),
-        )
-        key = (api_key or "").strip() or None
-        for name in KEY_ENV_VARS:
-            key = key or (os.environ.get(name) or "").strip() or None
-        self._api_key = key
-        self._client: genai.Client | None = None
+        self.inline_max_bytes = int(inline_max_bytes)
+        self.temperature = float(temperature)
+        self.file_poll_interval = float(file_poll_interval)
+        self.file_wait_timeout = float(file_wait_timeout)
         self._http: httpx.AsyncClient | None = None
 
-    def __repr__(self) -> str:  # never shows the key
-        return f"GeminiProvider(model={self.config.model!r}, base_url={self.config.base_url!r})"
+    @classmethod
+    def settings_kwargs(cls, settings: TranscriberSettings) -> dict[str, Any]:
+        return {
+            **super().settings_kwargs(settings),
+            "inline_max_bytes": settings.gemini_inline_max_bytes,
+            "temperature": settings.gemini_temperature,
+        }
 
-    def _get_client(self) -> genai.Client:
-        """The shared client, made on first use (again after `aclose`)."""
-        if self._client is None:
-            if self._api_key is None:
-                raise AuthError(
-                    "gemini provider: no API key configured (set STT_GEMINI_API_KEY, or GEMINI_API_KEY / "
-                    "GOOGLE_API_KEY)"
-                )
-            self._http = httpx.AsyncClient(timeout=self.config.timeout)
-            self._client = genai.Client(
-                vertexai=False,
-                api_key=self._api_key,
-                http_options=types.HttpOptions(
-                    base_url=self.config.base_url,
-                    api_version=API_VERSION,
-                    timeout=max(1, round(self.config.timeout * 1000)),  # milliseconds
-                    retry_options=types.HttpRetryOptions(attempts=1),  # retrying is the transcriber's job
-                    httpx_async_client=self._http,
-                ),
-            )
-        return self._client
+    def _make_client(self, api_key: str) -> genai.Client:
+        self._http = httpx.AsyncClient(timeout=self.timeout)
+        return genai.Client(
+            vertexai=False,
+            api_key=api_key,
+            http_options=types.HttpOptions(
+                base_url=self.base_url,
+                api_version=API_VERSION,
+                timeout=max(1, round(self.timeout * 1000)),  # milliseconds
+                retry_options=types.HttpRetryOptions(attempts=1),  # retrying is the transcriber's job
+                httpx_async_client=self._http,
+            ),
+        )
 
-    async def aclose(self) -> None:
-        client, self._client = self._client, None
+    async def _close_client(self, client: genai.Client) -> None:
         http, self._http = self._http, None
-        if client is not None:
-            await client.aio.aclose()
-            client.close()  # the SDK's (unused) synchronous client
+        await client.aio.aclose()
+        client.close()  # the SDK's (unused) synchronous client
         if http is not None:
             await http.aclose()  # ours: the SDK leaves a client it was given open
 
     # ------------------------------------------------------------------------------------ transcribe
 
-    async def transcribe(self, audio_path: Path, request: ProviderRequest) -> ChunkTranscript:
-        audio_path = Path(audio_path)
-        model = (request.model or "").strip() or self.config.model
-        client = self._get_client()
+    async def _transcribe(self, audio_path: Path, request: ProviderRequest) -> ChunkTranscript:
+        model = self.model_for(request)
+        client = self.client()
         data, duration = await asyncio.to_thread(read_audio, audio_path)
         mime_type = content_type(audio_path)
         language = normalise_language(request.language)
@@ -325,7 +283,7 @@ class GeminiProvider:
 
         uploaded: str | None = None
         try:
-            if len(data) > self.config.inline_max_bytes:
+            if len(data) > self.inline_max_bytes:
                 uploaded, audio_part = await self._upload(client, data, mime_type, audio_path.name, model)
             else:
                 audio_part = types.Part.from_bytes(data=data, mime_type=mime_type)
@@ -339,7 +297,7 @@ class GeminiProvider:
                     ],
                     config=types.GenerateContentConfig(
                         system_instruction=INSTRUCTION,
-                        temperature=self.config.temperature,
+                        temperature=self.temperature,
                         response_mime_type="application/json",
                         response_schema=_response_schema(),
                     ),
@@ -352,7 +310,7 @@ class GeminiProvider:
         try:
             transcript = parse_response(response, duration=duration, model=model, requested_language=language)
         except GarbageResponseError as exc:
-            raise garbage_error(f"gemini ({model})", self._redact(str(exc))[:300]) from None
+            raise garbage_error(f"gemini ({model})", self.redact(str(exc))[:300]) from None
         usage = response.usage_metadata
         log.debug(
             "gemini_transcribed",
@@ -395,7 +353,7 @@ class GeminiProvider:
         return file.name, types.Part.from_uri(file_uri=file.uri, mime_type=file.mime_type or mime_type)
 
     async def _wait_active(self, client: genai.Client, file: types.File, model: str) -> types.File:
-        deadline = time.monotonic() + self.config.file_wait_timeout
+        deadline = time.monotonic() + self.file_wait_timeout
         name = file.name or ""
         while True:
             state = file.state.value if file.state is not None else "STATE_UNSPECIFIED"
@@ -405,14 +363,14 @@ class GeminiProvider:
                 reason = one_line(file.error.message or "") if file.error else ""
                 raise InvalidAudioError(
                     f"gemini ({model}): the Files API could not process the audio ({name} FAILED)"
-                    + (f": {self._redact(reason)}" if reason else "")
+                    + (f": {self.redact(reason)}" if reason else "")
                 )
             if time.monotonic() >= deadline:
                 raise ProviderTimeoutError(
                     f"gemini ({model}): uploaded file {name} not ACTIVE within "
-                    f"{self.config.file_wait_timeout:g} s (state {state})"
+                    f"{self.file_wait_timeout:g} s (state {state})"
                 )
-            await asyncio.sleep(self.config.file_poll_interval)
+            await asyncio.sleep(self.file_poll_interval)
             file = await self._call(model, "Files API get", client.aio.files.get(name=name))
 
     async def _delete(self, client: genai.Client, name: str | None, model: str) -> None:
@@ -423,16 +381,13 @@ class GeminiProvider:
             await self._call(model, "Files API delete", client.aio.files.delete(name=name))
         except Exception as exc:  # logged: the transcription's own outcome is what matters
             log.warning(
-                "gemini_file_delete_failed", model=model, file=name, error=self._redact(str(exc))[:300]
+                "gemini_file_delete_failed", model=model, file=name, error=self.redact(str(exc))[:300]
             )
 
     # ---------------------------------------------------------------------------------------- errors
 
     def _where(self) -> str:
-        return f" at {self.config.base_url}" if self.config.base_url else ""
-
-    def _redact(self, text: str) -> str:
-        return redact(text, self._api_key)
+        return f" at {self.base_url}" if self.base_url else ""
 
     async def _call(self, model: str, what: str, call: Awaitable[T]) -> T:
         """Await an SDK call, turning whatever it raises into a typed error (the vendor's text redacted,
@@ -443,12 +398,11 @@ class GeminiProvider:
         except genai_errors.APIError as exc:
             raise self._status_error(exc, model, what) from None
         except httpx.TransportError as exc:
-            err = transport_error(label, f"the Gemini API{self._where()} ({what})", exc, self.config.timeout)
-            raise type(err)(self._redact(err.message)) from None
+            err = transport_error(label, f"the Gemini API{self._where()} ({what})", exc, self.timeout)
+            raise type(err)(self.redact(err.message)) from None
         except TimeoutError:
             raise ProviderTimeoutError(
-                f"{label}: no answer from the Gemini API{self._where()} ({what}) within "
-                f"{self.config.timeout:g} s"
+                f"{label}: no answer from the Gemini API{self._where()} ({what}) within {self.timeout:g} s"
             ) from None
         except (
             ValidationError,
@@ -460,12 +414,12 @@ class GeminiProvider:
             # The SDK could not read a 200 answer (not JSON, not its shape, an upload not finalised).
             kind = "answer is not JSON" if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
             detail = one_line(f"{kind}: {exc}", 300)
-            raise garbage_error(label, f"{what}: {self._redact(detail)}") from None
+            raise garbage_error(label, f"{what}: {self.redact(detail)}") from None
 
     def _status_error(self, exc: genai_errors.APIError, model: str, what: str) -> SttError:
         code = int(exc.code) if isinstance(exc.code, int) else 0
         status = str(exc.status) if exc.status else ""
-        vendor = self._redact(one_line(str(exc.message or "") or "no details"))
+        vendor = self.redact(one_line(str(exc.message or "") or "no details"))
         details = _error_details(exc.details)
         where = "" if what == "generateContent" else f"{what}: "
         message = f"gemini ({model}): {where}HTTP {code}{f' {status}' if status else ''}: {vendor}"

@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import av
 from faster_whisper import WhisperModel, decode_audio
@@ -46,6 +46,7 @@ from stt_common.providers.local_models import (
 from stt_common.transcript import ChunkTranscript, Segment, Word
 from stt_transcriber import model_join
 from stt_transcriber.providers.vendor import context_prompt
+from stt_transcriber.settings import TranscriberSettings
 
 __all__ = ["LocalModelError", "LocalWhisperProvider", "bundled_model_name", "bundled_model_path"]
 
@@ -154,7 +155,20 @@ class LocalWhisperProvider:
     Word timestamps are always on.
     """
 
-    name = "local"
+    name: ClassVar[str] = "local"
+
+    @classmethod
+    def from_settings(cls, settings: TranscriberSettings) -> LocalWhisperProvider:
+        return cls(
+            model=settings.local_model,
+            model_cache_dir=settings.local_model_cache_dir,
+            device=settings.local_device,
+            compute_type=settings.local_compute_type,
+            beam_size=settings.local_beam_size,
+            cpu_threads=settings.local_cpu_threads,
+            condition_on_previous_text=settings.local_condition_on_previous_text,
+            vad_filter=settings.local_vad_filter,
+        )
 
     def __init__(
         self,

@@ -21,15 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import openai
 from openai import AsyncOpenAI
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
 from stt_common.errors import (
     AuthError,
@@ -44,8 +42,10 @@ from stt_common.logs import get_logger
 from stt_common.providers.base import ProviderRequest
 from stt_common.providers.languages import normalise_language
 from stt_common.transcript import ChunkTranscript, Segment, Word
+from stt_transcriber.providers.remote import RemoteProvider
 from stt_transcriber.providers.vendor import (
     GarbageResponseError,
+    VendorBody,
     VendorRequestError,
     check_times,
     clamp,
@@ -54,7 +54,6 @@ from stt_transcriber.providers.vendor import (
     describe_validation_error,
     parse_retry_after,
     read_audio,
-    redact,
     time_limits,
 )
 
@@ -68,7 +67,6 @@ _FORMAT_SETTINGS: dict[str, ResponseFormat | Literal["auto"]] = {
     "diarized_json": "diarized_json",
 }
 
-DEFAULT_MODEL = "whisper-1"
 # Key placed in the Authorization header for OpenAI-compatible servers that need none.
 NO_KEY_PLACEHOLDER = "no-key"
 # `error.code` values that mean the account is out of credit rather than momentarily rate-limited.
@@ -89,33 +87,29 @@ class OpenAIRequestError(VendorRequestError):
 # ------------------------------------------------------------------------------------ response shapes
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
-
-
-class _ApiWord(_Strict):
+class _ApiWord(VendorBody):
     word: str
     start: float
     end: float
 
 
-class _ApiSegment(_Strict):
+class _ApiSegment(VendorBody):
     start: float
     end: float
     text: str
     speaker: str | None = None
 
 
-class _ApiUsage(_Strict):
+class _ApiUsage(VendorBody):
     type: str | None = None
     seconds: float | None = None
 
 
-class _ApiLanguage(_Strict):
+class _ApiLanguage(VendorBody):
     code: str
 
 
-class _VerboseBody(_Strict):
+class _VerboseBody(VendorBody):
     text: str
     language: str | None = None
     duration: float | None = None
@@ -124,13 +118,13 @@ class _VerboseBody(_Strict):
     usage: _ApiUsage | None = None
 
 
-class _JsonBody(_Strict):
+class _JsonBody(VendorBody):
     text: str
     languages: list[_ApiLanguage] | None = None
     usage: _ApiUsage | None = None
 
 
-class _DiarizedBody(_Strict):
+class _DiarizedBody(VendorBody):
     text: str
     duration: float | None = None
     segments: list[_ApiSegment]
@@ -140,89 +134,44 @@ class _DiarizedBody(_Strict):
 # --------------------------------------------------------------------------------------------- provider
 
 
-@dataclass(frozen=True)
-class OpenAIConfig:
-    model: str
-    base_url: str | None
-    timeout: float
-    response_format: ResponseFormat | Literal["auto"]
-    word_timestamps: bool
-
-
-class OpenAIProvider:
+class OpenAIProvider(RemoteProvider[AsyncOpenAI]):
     """The OpenAI Audio API (or an OpenAI-compatible server) behind the `Provider` protocol.
 
-    Settings:
-      api_key: the key (`STT_OPENAI_API_KEY`); `OPENAI_API_KEY` from the environment when unset. With a
-        `base_url` and no key, a placeholder is sent (local servers usually need none).
-      base_url: e.g. "http://speaches:8000/v1"; OpenAI's own API when unset.
-      model: "whisper-1" by default; `ProviderRequest.model` overrides it per call.
-      timeout: seconds for each phase of an HTTP call (connect, upload, waiting for the answer).
+    Settings (besides the key, base URL, model and timeout of every remote provider):
+      base_url: e.g. "http://speaches:8000/v1"; OpenAI's own API when unset. With a `base_url` and no
+        key, a placeholder key is sent (local servers usually need none).
       response_format: "auto" (from the model name; see the module docs), "verbose_json", "json" or
         "diarized_json".
       word_timestamps: ask for word timestamps with `verbose_json` (on by default).
     """
 
     name = "openai"
+    keyless_placeholder = NO_KEY_PLACEHOLDER
 
-    def __init__(
-        self,
-        *,
-        api_key: str | None = None,
-        base_url: str | None = None,
-        model: str | None = None,
-        timeout: float = 300.0,
-        response_format: str = "auto",
-        word_timestamps: bool = True,
-    ) -> None:
-        if timeout <= 0:
-            raise ValueError(f"openai provider: timeout must be > 0, not {timeout}")
+    def __init__(self, *, response_format: str = "auto", word_timestamps: bool = True, **common: Any) -> None:
+        super().__init__(**common)
         if response_format not in _FORMAT_SETTINGS:
             raise ValueError(
                 "openai provider: response_format must be 'auto', 'verbose_json', 'json' or "
                 f"'diarized_json', not {response_format!r}"
             )
-        base_url = base_url.strip() if base_url and base_url.strip() else None
-        self.config = OpenAIConfig(
-            model=(model or "").strip() or DEFAULT_MODEL,
-            base_url=base_url,
-            timeout=float(timeout),
-            response_format=_FORMAT_SETTINGS[response_format],
-            word_timestamps=word_timestamps,
+        self.response_format = _FORMAT_SETTINGS[response_format]
+        self.word_timestamps = word_timestamps
+
+    def _make_client(self, api_key: str) -> AsyncOpenAI:
+        return AsyncOpenAI(
+            api_key=api_key,
+            base_url=self.base_url,
+            timeout=self.timeout,
+            max_retries=0,  # retrying is the transcriber's job
         )
-        key = api_key or os.environ.get("OPENAI_API_KEY") or None
-        if key is None and base_url is not None:
-            key = NO_KEY_PLACEHOLDER
-        self._api_key = key
-        self._client: AsyncOpenAI | None = None
 
-    def _get_client(self) -> AsyncOpenAI:
-        """The shared client, made on first use (again after `aclose`)."""
-        if self._client is None:
-            if self._api_key is None:
-                raise AuthError(
-                    "openai provider: no API key configured (set STT_OPENAI_API_KEY, or OPENAI_API_KEY), "
-                    "and no base_url of an OpenAI-compatible server that needs none"
-                )
-            self._client = AsyncOpenAI(
-                api_key=self._api_key,
-                base_url=self.config.base_url,
-                timeout=self.config.timeout,
-                max_retries=0,  # retrying is the transcriber's job
-            )
-        return self._client
-
-    def __repr__(self) -> str:  # never shows the key
-        return f"OpenAIProvider(model={self.config.model!r}, base_url={self.config.base_url!r})"
-
-    async def aclose(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            await client.close()
+    async def _close_client(self, client: AsyncOpenAI) -> None:
+        await client.close()
 
     def response_format_for(self, model: str) -> ResponseFormat:
-        if self.config.response_format != "auto":
-            return self.config.response_format
+        if self.response_format != "auto":
+            return self.response_format
         name = model.lower().rsplit("/", 1)[-1]
         if "diarize" in name:
             return "diarized_json"
@@ -232,10 +181,9 @@ class OpenAIProvider:
 
     # ------------------------------------------------------------------------------------ transcribe
 
-    async def transcribe(self, audio_path: Path, request: ProviderRequest) -> ChunkTranscript:
-        audio_path = Path(audio_path)
-        model = (request.model or "").strip() or self.config.model
-        client = self._get_client()
+    async def _transcribe(self, audio_path: Path, request: ProviderRequest) -> ChunkTranscript:
+        model = self.model_for(request)
+        client = self.client()
         data, duration = await asyncio.to_thread(read_audio, audio_path)
         response_format = self.response_format_for(model)
         language = normalise_language(request.language)
@@ -246,9 +194,7 @@ class OpenAIProvider:
             "response_format": response_format,
         }
         if response_format == "verbose_json":
-            kwargs["timestamp_granularities"] = (
-                ["segment", "word"] if self.config.word_timestamps else ["segment"]
-            )
+            kwargs["timestamp_granularities"] = ["segment", "word"] if self.word_timestamps else ["segment"]
         if response_format == "diarized_json":
             kwargs["chunking_strategy"] = "auto"  # required by the diarize model above 30 s
         if language:
@@ -269,21 +215,21 @@ class OpenAIProvider:
             raise self._status_error(exc, model) from None  # `from None`: the vendor's text is redacted here
         except openai.APITimeoutError as exc:
             raise ProviderTimeoutError(
-                f"openai ({model}): no answer within {self.config.timeout:g}s{self._where()}"
+                f"openai ({model}): no answer within {self.timeout:g}s{self._where()}"
             ) from exc
         except openai.APIConnectionError as exc:
             cause = exc.__cause__ or exc.__context__
             detail = f"{type(cause).__name__}: {cause}" if cause else exc.message
             raise ProviderUnavailableError(
-                f"openai ({model}): cannot reach the API{self._where()}: {self._redact(detail)[:200]}"
+                f"openai ({model}): cannot reach the API{self._where()}: {self.redact(detail)[:200]}"
             ) from exc
         except openai.APIResponseValidationError as exc:
             raise ProviderUnavailableError(
-                f"openai ({model}): provider returned garbage: {self._redact(exc.message)[:200]}"
+                f"openai ({model}): provider returned garbage: {self.redact(exc.message)[:200]}"
             ) from None
         except openai.OpenAIError as exc:
             raise OpenAIRequestError(
-                f"openai ({model}): {type(exc).__name__}: {self._redact(str(exc))[:200]}"
+                f"openai ({model}): {type(exc).__name__}: {self.redact(str(exc))[:200]}"
             ) from None
 
         try:
@@ -293,7 +239,7 @@ class OpenAIProvider:
         except GarbageResponseError as exc:
             raise ProviderUnavailableError(
                 f"openai ({model}): provider returned garbage (HTTP {raw.status_code}): "
-                f"{self._redact(str(exc))[:300]}"
+                f"{self.redact(str(exc))[:300]}"
             ) from None
         log.debug(
             "openai_transcribed",
@@ -309,10 +255,7 @@ class OpenAIProvider:
     # ---------------------------------------------------------------------------------------- errors
 
     def _where(self) -> str:
-        return f" at {self.config.base_url}" if self.config.base_url else ""
-
-    def _redact(self, text: str) -> str:
-        return redact(text, self._api_key if self._api_key != NO_KEY_PLACEHOLDER else None)
+        return f" at {self.base_url}" if self.base_url else ""
 
     def _status_error(self, exc: openai.APIStatusError, model: str) -> SttError:
         """The typed error for an HTTP error answer, chosen by exception type (and the error's code)."""
@@ -320,7 +263,7 @@ class OpenAIProvider:
         code = _error_field(exc, "code")
         err_type = _error_field(exc, "type")
         param = _error_field(exc, "param")
-        vendor = self._redact(_vendor_message(exc))[:200]
+        vendor = self.redact(_vendor_message(exc))[:200]
         label = code or err_type
         message = f"openai ({model}): HTTP {status}{f' {label}' if label else ''}: {vendor}"
         if exc.request_id:

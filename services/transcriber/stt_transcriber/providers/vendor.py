@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from stt_common.errors import (
     AuthError,
@@ -50,6 +50,12 @@ _SECRET_PATTERNS = (
 )
 # A key passed as a query parameter (`?key=...`, as Google's APIs take it) shows up in URLs.
 _KEY_PARAMETER = re.compile(r"(?i)\b((?:api[-_]?)?key)=[^&\s\"']+")
+
+
+class VendorBody(BaseModel):
+    """A vendor's JSON body, checked: unknown fields are ignored, NaN and infinities refused."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
 
 class GarbageResponseError(ValueError):

@@ -8,10 +8,8 @@ import pytest
 
 from stt_common.providers.base import ProviderRequest
 from stt_transcriber.pool import ProviderPool
-from stt_transcriber.providers import register_builtin_providers
 from stt_transcriber.settings import TranscriberSettings
 from tests.fakes.elevenlabs_server import FakeElevenLabs
-from tests.fakes.gemini_server import FakeGemini
 from tests.fixtures.audio import sine_wav
 
 
@@ -20,26 +18,9 @@ def audio(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return sine_wav(tmp_path_factory.mktemp("pool") / "tone.wav", 1.2)
 
 
-async def test_gemini_from_settings(audio: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("STT_GEMINI_API_KEY", "gemini-settings-key")
-    register_builtin_providers()
-    with FakeGemini(api_key="gemini-settings-key") as fake:
-        monkeypatch.setenv("STT_GEMINI_BASE_URL", fake.url)
-        monkeypatch.setenv("STT_GEMINI_MODEL", "gemini-from-settings")
-        pool = ProviderPool(TranscriberSettings(development=True))
-        try:
-            transcript = await pool.get("gemini").transcribe(audio, ProviderRequest())
-        finally:
-            await pool.aclose()
-    assert transcript.provider == "gemini"
-    assert transcript.model == "gemini-from-settings"
-    assert transcript.text
-
-
 async def test_elevenlabs_from_settings(audio: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STT_ELEVENLABS_API_KEY", "sk_settings_key")
     monkeypatch.setenv("STT_ELEVENLABS_DIARIZE", "true")
-    register_builtin_providers()
     with FakeElevenLabs(api_key="sk_settings_key") as fake:
         monkeypatch.setenv("STT_ELEVENLABS_BASE_URL", fake.base_url)
         pool = ProviderPool(TranscriberSettings(development=True))
