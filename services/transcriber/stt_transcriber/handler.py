@@ -32,10 +32,11 @@ from stt_common.logs import get_logger
 from stt_common.messages import Envelope, Topic
 from stt_common.pipeline import LANGUAGE_PIN, fail_job, load_job, load_language_pin
 from stt_common.providers import LanguageDetector, Provider, ProviderRequest
+from stt_common.providers.catalogue import provider_info
 from stt_common.runner import Outcome
 from stt_common.s3 import ObjectNotFoundError, ObjectStore, chunk_audio_key, chunk_result_key
 from stt_common.transcript import ChunkTranscript, Segment
-from stt_transcriber import guard
+from stt_transcriber import guard, timing
 from stt_transcriber.coverage import speech_gaps, speech_mask
 from stt_transcriber.pool import ProviderPool
 from stt_transcriber.settings import TranscriberSettings
@@ -59,6 +60,17 @@ REDECODES = Counter(
     "Windows of a chunk decoded again by the repetition/silence guard, by reason and whether the new "
     "text was clean (fixed) or had to be collapsed or dropped.",
     ["provider", "reason", "result"],
+)
+
+FALLBACKS = Counter(
+    "stt_provider_fallbacks_total",
+    "Chunks moved to a job's next provider, by the provider that failed, the one tried next and why.",
+    ["provider", "fallback", "error_code"],
+)
+# Failures another vendor may not share. Not auth_error (our configuration) nor invalid_audio (the
+# audio's fault, whoever transcribes it).
+FALLBACK_ERRORS = frozenset(
+    {ErrorCode.RATE_LIMITED, ErrorCode.QUOTA_EXCEEDED, ErrorCode.PROVIDER_UNAVAILABLE, ErrorCode.TIMEOUT}
 )
 
 _CLAIM = text(
@@ -175,6 +187,7 @@ class TranscriberHandler:
     async def _transcribe(self, chunk: ClaimedChunk) -> Outcome:
         job = chunk.job
         provider = self._providers.get(job.provider)
+        duration = chunk.end - chunk.start
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(
             prefix=f"tx-{job.id}-{chunk.index}-", dir=self._settings.work_dir
@@ -206,21 +219,25 @@ class TranscriberHandler:
                     options=dict(job.options or {}),
                 )
                 try:
-                    result, report = await self._best_attempt(provider, audio, request, job.id)
+                    result, report = await self._with_fallback(job, audio, request, duration)
                 except CancelledJobError:
                     await self._release(job.id, chunk.index)
                     return Outcome.OK
-                except Exception as exc:
-                    code = classify(exc)
-                    message = exc.message if isinstance(exc, SttError) else f"{type(exc).__name__}: {exc}"
+                except _ChunkFailed as failed:
+                    cause = failed.cause
+                    code = classify(cause)
+                    message = error_text(cause)
                     log.warning("chunk failed for good", error_code=code.value, error=message[:300])
                     await self._fail_chunk(job.id, chunk.index, code, message)
+                    tried = "".join(
+                        f"; before, {f['provider']}: {f['error_code']}" for f in failed.fallbacks
+                    )
                     await fail_job(
                         self._sessions,
                         self._producer,
                         job.id,
                         code=code,
-                        message=f"chunk {chunk.index} ({provider.name}): {message}",
+                        message=f"chunk {chunk.index} ({failed.provider}): {message}{tried}",
                         stage=STAGE,
                     )
                     return Outcome.OK
@@ -297,11 +314,46 @@ class TranscriberHandler:
         transcript = ChunkTranscript.model_validate(previous["transcript"])
         return transcript.segments[-self._settings.context_segments :]
 
+    async def _with_fallback(
+        self, job: Job, audio: Path, request: ProviderRequest, duration: float
+    ) -> tuple[ChunkTranscript, dict[str, Any]]:
+        """The job's provider, then each of its `fallback_providers` in order, for as long as the
+        failure is one another vendor may not have (rate limits, quota, outages, timeouts). An auth
+        error or audio the vendor refused ends the chunk: another vendor would not fix the first, and
+        the second is the audio's fault."""
+        names = [job.provider, *fallback_providers(job.options or {})]
+        fallbacks: list[dict[str, Any]] = []
+        for position, name in enumerate(names):
+            provider = self._providers.get(name)
+            # The job's model names a model of its own provider; a fallback uses its default.
+            attempt = request if position == 0 else replace(request, model=None)
+            try:
+                result, report = await self._best_attempt(provider, audio, attempt, job.id, duration)
+            except CancelledJobError:
+                raise
+            except Exception as exc:
+                code = classify(exc)
+                if code not in FALLBACK_ERRORS or position == len(names) - 1:
+                    raise _ChunkFailed(name, exc, fallbacks) from exc
+                FALLBACKS.labels(name, names[position + 1], code.value).inc()
+                log.warning(
+                    "provider failed for this chunk, falling back",
+                    provider=name,
+                    fallback=names[position + 1],
+                    error_code=code.value,
+                )
+                fallbacks.append({"provider": name, "error_code": code.value, "error": error_text(exc)[:300]})
+                continue
+            return result, {**report, "model": result.model, "fallbacks": fallbacks}
+        raise AssertionError("unreachable: the loop returns or raises")
+
     async def _best_attempt(
-        self, provider: Provider, audio: Path, request: ProviderRequest, job_id: uuid.UUID
+        self, provider: Provider, audio: Path, request: ProviderRequest, job_id: uuid.UUID, duration: float
     ) -> tuple[ChunkTranscript, dict[str, Any]]:
         """Call the provider; retry when speech is left untranscribed; keep the best try."""
         mask = await asyncio.to_thread(speech_mask, audio)
+        if provider_info(provider.name).capabilities.timestamps == "none":
+            return await self._text_only_attempt(provider, audio, request, job_id, duration, mask)
         best: tuple[ChunkTranscript, list[tuple[float, float]]] | None = None
         tries: list[dict[str, Any]] = []
         provider_seconds = 0.0
@@ -330,6 +382,30 @@ class TranscriberHandler:
             "coverage_gaps": best[1],
             "repairs": repairs,
             "warnings": warnings,
+        }
+
+    async def _text_only_attempt(
+        self,
+        provider: Provider,
+        audio: Path,
+        request: ProviderRequest,
+        job_id: uuid.UUID,
+        duration: float,
+        mask: Any,
+    ) -> tuple[ChunkTranscript, dict[str, Any]]:
+        """A provider that returns text without times: one call, times estimated from the chunk's
+        speech, and the speaking-rate check instead of coverage (which needs times)."""
+        result, calls = await self._call_with_retries(provider, audio, request, job_id)
+        result = timing.estimate_times(result, mask, duration)
+        warning = timing.sanity_check(result, mask)
+        return result, {
+            "provider": provider.name,
+            "provider_seconds": round(sum(call["seconds"] for call in calls), 3),
+            "tries": [{"calls": calls, "segments": len(result.segments)}],
+            "coverage_gaps": [],
+            "repairs": [],
+            "warnings": [warning] if warning else [],
+            **timing.estimated_report(result, mask),
         }
 
     async def _repair(
@@ -505,6 +581,23 @@ class TranscriberHandler:
                 )
             )
             await session.commit()
+
+
+class _ChunkFailed(Exception):
+    """Every provider tried for a chunk failed; `cause` is the last one's error."""
+
+    def __init__(self, provider: str, cause: Exception, fallbacks: list[dict[str, Any]]) -> None:
+        super().__init__(provider)
+        self.provider, self.cause, self.fallbacks = provider, cause, fallbacks
+
+
+def error_text(exc: BaseException) -> str:
+    return exc.message if isinstance(exc, SttError) else f"{type(exc).__name__}: {exc}"
+
+
+def fallback_providers(options: dict[str, Any]) -> list[str]:
+    """The job's `fallback_providers` option (ingest checked them at submission)."""
+    return [str(name) for name in options.get("fallback_providers") or []]
 
 
 def _backoff(attempt: int, base: float, cap: float) -> float:
