@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -614,6 +615,220 @@ def test_property_untimed_segments_merge_to_the_spoken_text(seed: int, count: in
     assert Levenshtein.distance(got, [o.text for o in speech]) <= 3 * (count - 1)
 
 
+# --------------------------------------------------------------------------------------------------
+# text-only providers: times estimated from the speech mask, aligned by words alone
+
+PARAGRAPH = (
+    "When the old harbour closed in the spring of that year, most of the fishermen moved their boats "
+    "to the new marina on the other side of the bay. It was a difficult decision for many of them. "
+    "The marina was modern and safe, but the rent was high, and the walk from the village took almost "
+    "forty minutes. Some of the older men refused to go at all; they sold their boats to younger "
+    "families and spent their mornings on the bench outside the bakery, talking about the weather "
+    "and the price of diesel. The mayor promised a bus service, and for a few months a small yellow "
+    "bus did run twice a day, but nobody used it in the afternoon, so the council cancelled the "
+    "second trip. By the autumn the village felt quieter than anyone could remember. The school lost "
+    "two teachers, the post office opened only three days a week, and the café near the church "
+    "started closing at noon. Then, in November, something unexpected happened. A group of students "
+    "from the university arrived with cameras, notebooks and a plan to record the stories of the "
+    "harbour before they were forgotten. They sat with the old fishermen for hours, asking about "
+    "storms, about the years when the catch was so large that the boats nearly sank, and about the "
+    "night the lighthouse keeper disappeared. The recordings were played on the local radio every "
+    "Sunday evening, and people who had left the village years before began to write letters. "
+    "Some of them came back for the summer festival, and one family even reopened the small hotel "
+    "by the water. Nobody would say that the village was saved, but for the first time in a long "
+    "while, people talked about the future rather than the past."
+)
+
+
+def _read_aloud(seed: int) -> list[Spoken]:
+    """The paragraph spoken: longer words take longer, each sentence at its own pace, pauses after
+    punctuation. What the provider never tells, and the estimate gets only roughly right."""
+    rng = random.Random(seed)
+    spoken: list[Spoken] = []
+    t, pace = 0.5, 1.0
+    for token in PARAGRAPH.split():
+        duration = (0.05 * len(token) + 0.12) * pace * rng.uniform(0.7, 1.3)
+        spoken.append((round(t, 3), round(t + duration, 3), token))
+        t += duration + rng.uniform(0.03, 0.15)
+        if token[-1] in ".;,":
+            t += rng.uniform(0.3, 1.0)
+        if token[-1] in ".;":
+            pace = rng.uniform(0.7, 1.4)
+    return spoken
+
+
+def _text_only_chunks(
+    spoken: Sequence[Spoken], seed: int, *, length: float = 40.0, overlap: float = 10.0
+) -> tuple[list[ChunkInput], list[str]]:
+    """Overlapping text-only chunks with times estimated from a mask of the true speech, and the text
+    a perfect merge of them would give (each chunk's own errors away from its edges included).
+
+    Recognition errors: a chunk after the first drops or mishears its first word, a chunk before the
+    last drops or mishears its last one (the words a chunk edge cuts), and every chunk mishears one
+    word that no other chunk holds.
+    """
+    from stt_transcriber.timing import estimate_times
+
+    rng = random.Random(seed)
+    total = spoken[-1][1] + 0.5
+    starts = [0.0]
+    while starts[-1] + length < total:
+        starts.append(starts[-1] + length - overlap)
+    expected = [w[2] for w in spoken]
+    chunks: list[ChunkInput] = []
+    for index, start in enumerate(starts):
+        end = min(start + length, total)
+        inside = [k for k, (s, e, _) in enumerate(spoken) if start <= (s + e) / 2 <= end]
+        tokens = [spoken[k][2] for k in inside]
+        own = [k for k in inside if start + overlap + 2 <= spoken[k][0] and spoken[k][1] <= end - overlap - 2]
+        if own:
+            k = rng.choice(own)
+            tokens[inside.index(k)] = expected[k] = "mmm"
+        if index < len(starts) - 1:
+            tokens[-1:] = [] if rng.random() < 0.5 else ["uh"]
+        if index > 0:
+            tokens[:1] = [] if rng.random() < 0.5 else ["eh"]
+        mask = np.zeros(round((end - start) * 10), dtype=bool)
+        for s, e, _ in spoken:
+            mask[max(round((s - start) * 10), 0) : max(round((e - start) * 10), 0)] = True
+        text_only = ChunkTranscript(
+            provider="hispeech",
+            language="en",
+            segments=[Segment(start=0.0, end=end - start, text=" ".join(tokens), estimated=True)],
+        )
+        chunks.append(
+            ChunkInput(
+                index=index,
+                start_seconds=start,
+                end_seconds=end,
+                transcript=estimate_times(text_only, mask, end - start),
+            )
+        )
+    return chunks, expected
+
+
+def _pooled_wer(pairs: Sequence[tuple[str, str]]) -> float:
+    from stt_devstack.wer import word_errors
+
+    counts = [word_errors(reference, hypothesis) for reference, hypothesis in pairs]
+    errors = sum(c.substitutions + c.deletions + c.insertions for c in counts)
+    return errors / sum(c.reference_words for c in counts)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_text_only_chunks_merge_each_word_once(seed: int) -> None:
+    from stt_devstack.wer import wer
+
+    spoken = _read_aloud(seed)
+    chunks, expected = _text_only_chunks(spoken, seed)
+    assert len(chunks) >= 4
+    merged = merge_chunks(chunks)
+    assert [d.method for d in merged.decisions] == ["untimed_word_alignment"] * (len(chunks) - 1)
+    assert merged.text.split() == expected  # every word once, each from where the chunks agree
+    assert all(s.estimated and s.words for s in merged.segments)
+    # As good as the chunks themselves: their errors against their own stretch of the paragraph.
+    own = _pooled_wer(
+        [
+            (
+                " ".join(w[2] for w in spoken if c.start_seconds <= (w[0] + w[1]) / 2 <= c.end_seconds),
+                c.transcript.text,
+            )
+            for c in chunks
+        ]
+    )
+    assert wer(PARAGRAPH, merged.text) <= own + 0.01
+
+
+def test_estimated_times_are_not_trusted() -> None:
+    """A chunk whose estimate is 4 s late (a stretch of music it took for speech, say): still aligned."""
+    spoken = _read_aloud(1)
+    chunks, expected = _text_only_chunks(spoken, 1)
+    late = chunks[1].transcript
+    for segment in late.segments:
+        segment.start, segment.end = segment.start + 4, segment.end + 4
+        for word in segment.words or []:
+            word.start, word.end = word.start + 4, word.end + 4
+    merged = merge_chunks(chunks)
+    assert merged.text.split() == expected
+    assert merged.decisions[0].method == "untimed_word_alignment"
+
+
+def test_a_timed_chunk_next_to_an_estimated_one() -> None:
+    from stt_devstack.wer import word_errors
+
+    spoken = _read_aloud(2)
+    chunks, _ = _text_only_chunks(spoken, 2)
+    timed = _chunk(0, chunks[0].start_seconds, chunks[0].end_seconds, spoken)  # provider times
+    merged = merge_chunks([timed, chunks[1]])
+    assert merged.decisions[0].method == "untimed_word_alignment"
+    heard = " ".join(w[2] for w in spoken if (w[0] + w[1]) / 2 <= chunks[1].end_seconds)
+    errors = word_errors(heard, merged.text)
+    # No word twice, none lost: only the estimated chunk's own two errors remain, the word it
+    # misheard in its middle and its last one (both fillers, which the WER measure drops).
+    assert errors.insertions == 0
+    assert errors.substitutions + errors.deletions <= 2
+    assert not merged.segments[0].estimated
+    assert merged.segments[-1].estimated
+
+
+def test_estimated_chunks_that_do_not_align_cut_at_the_midpoint() -> None:
+    def chunk(index: int, start: float, text: str) -> ChunkInput:
+        segment = Segment(start=0.0, end=30.0, text=text, estimated=True)
+        transcript = ChunkTranscript(provider="wavam", segments=[segment])
+        return ChunkInput(index=index, start_seconds=start, end_seconds=start + 30.0, transcript=transcript)
+
+    left = chunk(0, 0.0, " ".join(f"left{i}" for i in range(60)))
+    right = chunk(1, 20.0, " ".join(f"right{i}" for i in range(60)))
+    merged = merge_chunks([left, right])
+    (decision,) = merged.decisions
+    assert decision.method == "midpoint"
+    assert 20.0 <= decision.cut_seconds <= 30.0
+    # Each side keeps what its (estimated) times put on its side of the cut: about 20 s of each.
+    tokens = merged.text.split()
+    kept_left = sum(1 for t in tokens if t.startswith("left"))
+    assert tokens == [f"left{i}" for i in range(kept_left)] + [f"right{i}" for i in range(kept_left - 40, 60)]
+    assert all(s.estimated for s in merged.segments)
+
+
+def test_speaker_turns_without_times_keep_their_speakers() -> None:
+    """wav.am-like: one turn per sentence, two speakers, labels numbered afresh in every chunk."""
+    from stt_transcriber.timing import estimate_times
+
+    spoken = _read_aloud(3)
+    sentences: list[list[Spoken]] = [[]]
+    for word in spoken:
+        sentences[-1].append(word)
+        if word[2][-1] == ".":
+            sentences.append([])
+    speaker_of = {w: n % 2 for n, sentence in enumerate(sentences) for w in sentence}
+    chunks: list[ChunkInput] = []
+    for index, (start, end) in enumerate([(0.0, 40.0), (30.0, 70.0)]):
+        inside = [w for w in spoken if start <= (w[0] + w[1]) / 2 <= end]
+        first = speaker_of[inside[0]]  # each chunk calls its first voice speaker_0
+        turns: list[Segment] = []
+        for w in inside:
+            label = f"speaker_{speaker_of[w] ^ first}"
+            if turns and turns[-1].speaker == label:
+                turns[-1].text += " " + w[2]
+            else:
+                turns.append(Segment(start=0, end=40, text=w[2], speaker=label, estimated=True))
+        mask = np.zeros(400, dtype=bool)
+        for s, e, _ in spoken:
+            mask[max(round((s - start) * 10), 0) : max(round((e - start) * 10), 0)] = True
+        transcript = estimate_times(ChunkTranscript(provider="wavam", segments=turns), mask, 40.0)
+        chunks.append(ChunkInput(index=index, start_seconds=start, end_seconds=end, transcript=transcript))
+    merged = merge_chunks(chunks)
+    heard = [w for w in spoken if (w[0] + w[1]) / 2 <= 70.0]
+    assert merged.text.split() == [w[2] for w in heard]
+    # Segments follow the spoken words in order: each one's first word tells whose turn it is.
+    voices: set[tuple[int, str | None]] = set()
+    position = 0
+    for segment in merged.segments:
+        voices.add((speaker_of[heard[position]], segment.speaker))
+        position += len(segment.text.split())
+    assert voices == {(0, "speaker_0"), (1, "speaker_1")}  # one global label per voice
+
+
 def test_low_confidence_share_counts_time_not_segments() -> None:
     from stt_merger.handler import low_confidence_share
 
@@ -624,3 +839,61 @@ def test_low_confidence_share_counts_time_not_segments() -> None:
     ]
     assert low_confidence_share(segments) == 0.1
     assert low_confidence_share([Segment(start=0, end=1, text="x")]) is None
+
+
+def test_result_document_says_which_times_and_which_check() -> None:
+    import uuid
+
+    from stt_common.db.models import Chunk, Job
+    from stt_merger.handler import _renderings, result_document
+
+    spoken = _read_aloud(4)
+    estimated, _ = _text_only_chunks(spoken, 4)
+    job = Job(id=uuid.uuid4(), provider="hispeech", duration_seconds=spoken[-1][1])
+    rows = [
+        Chunk(chunk_index=c.index, start_seconds=c.start_seconds, end_seconds=c.end_seconds)
+        for c in estimated
+    ]
+    # What the transcriber writes for a text-only provider; the last chunk's document predates the
+    # keys (the flag on its segments still tells).
+    documents: list[dict[str, object]] = [
+        {
+            "transcript": c.transcript.model_dump(mode="json"),
+            "timestamps": "estimated",
+            "check": "words_per_speech_second",
+            "words_per_speech_second": 2.5,
+            "warnings": [],
+        }
+        for c in estimated[:-1]
+    ] + [{"transcript": estimated[-1].transcript.model_dump(mode="json")}]
+    # Chunk 1 was transcribed by a fallback after the job's provider was rate limited.
+    failed = [{"provider": "wavam", "error_code": "rate_limited", "error": "wavam: HTTP 429"}]
+    documents[1] = {**documents[1], "provider": "hispeech", "model": "model-01052025", "fallbacks": failed}
+    document = result_document(job, rows, documents, None)
+    assert document["quality"]["fallbacks"] == [{"chunk": 1, "provider": "hispeech", "failed": failed}]
+    assert [c["fallbacks"] for c in document["chunks"]][:3] == [[], failed, []]
+    assert document["chunks"][1]["model"] == "model-01052025"
+    assert document["timestamps_estimated"] is True
+    quality = document["quality"]
+    assert quality["timestamps"] == "estimated"
+    assert quality["check"] == "mixed"  # the old document was checked for coverage
+    assert quality["words_per_speech_second"] == {c.index: 2.5 for c in estimated[:-1]}
+    assert {d["method"] for d in quality["merge_decisions"]} == {"untimed_word_alignment"}
+    assert all(s["estimated"] is True for s in document["segments"])
+    rendered = _renderings(document)
+    assert rendered["srt"].startswith(b"1\n00:00:00,")
+    assert rendered["vtt"].startswith(b"WEBVTT\n\n00:00:00.")
+    assert rendered["txt"].decode().split() == document["text"].split()
+
+    # A provider with times, documents as before: nothing changes for them.
+    timed = [_chunk(0, 0.0, 25.0, spoken), _chunk(1, 15.0, 42.0, spoken)]
+    rows = [
+        Chunk(chunk_index=c.index, start_seconds=c.start_seconds, end_seconds=c.end_seconds) for c in timed
+    ]
+    document = result_document(
+        job, rows, [{"transcript": c.transcript.model_dump(mode="json")} for c in timed], None
+    )
+    assert document["timestamps_estimated"] is False
+    assert (document["quality"]["timestamps"], document["quality"]["check"]) == ("provider", "coverage")
+    assert document["quality"]["words_per_speech_second"] == {}
+    assert all("estimated" not in s for s in document["segments"])

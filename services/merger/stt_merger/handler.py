@@ -9,6 +9,7 @@ died between its commit and its produce; the notifier de-duplicates by event id.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -110,69 +111,11 @@ class MergerHandler:
                 await session.scalars(select(Chunk).where(Chunk.job_id == job.id).order_by(Chunk.chunk_index))
             )
             pinned = await load_language_pin(session, job.id)
-        inputs: list[ChunkInput] = []
-        reports: list[dict[str, Any]] = []
-        for chunk in chunks:
-            saved = json.loads(await self._store.get_bytes(chunk_result_key(job.id, chunk.chunk_index)))
-            inputs.append(
-                ChunkInput(
-                    index=chunk.chunk_index,
-                    start_seconds=chunk.start_seconds,
-                    end_seconds=chunk.end_seconds,
-                    transcript=ChunkTranscript.model_validate(saved["transcript"]),
-                )
-            )
-            reports.append(
-                {
-                    "index": chunk.chunk_index,
-                    "start_seconds": chunk.start_seconds,
-                    "end_seconds": chunk.end_seconds,
-                    "provider_seconds": saved.get("provider_seconds"),
-                    "tries": len(saved.get("tries", [])),
-                    "provider_calls": sum(len(t.get("calls", [])) for t in saved.get("tries", [])),
-                    "coverage_gaps": saved.get("coverage_gaps", []),
-                    "repairs": [
-                        {k: v for k, v in repair.items() if k != "calls"}
-                        for repair in saved.get("repairs", [])
-                    ],
-                    "warnings": saved.get("warnings", []),
-                }
-            )
-        merged = merge_chunks(inputs)
-        first = inputs[0].transcript if inputs else None
-        return {
-            "job_id": str(job.id),
-            "text": merged.text,
-            # Named by the job, else detected once and pinned for every chunk, else the provider's.
-            "language": (pinned[0] if pinned else None) or job.language or merged.language,
-            "language_probability": pinned[1] if pinned else None,
-            "duration_seconds": job.duration_seconds,
-            "provider": job.provider,
-            "model": (first.model if first else None) or job.model,
-            "segments": [segment.model_dump(mode="json", exclude_none=True) for segment in merged.segments],
-            "chunks": reports,
-            "quality": {
-                "coverage_gaps": {r["index"]: r["coverage_gaps"] for r in reports if r["coverage_gaps"]},
-                "merge_decisions": [decision.model_dump(mode="json") for decision in merged.decisions],
-                "retries": sum(max(r["provider_calls"] - 1, 0) for r in reports),
-                # Windows the transcriber's guard decoded again (times in the recording's clock).
-                "redecodes": [
-                    {
-                        **repair,
-                        "chunk": r["index"],
-                        "start_seconds": round(r["start_seconds"] + repair["start_seconds"], 2),
-                        "end_seconds": round(r["start_seconds"] + repair["end_seconds"], 2),
-                    }
-                    for r in reports
-                    for repair in r["repairs"]
-                ],
-                "low_confidence_share": low_confidence_share(merged.segments),
-                "loops_suppressed": sum(
-                    1 for r in reports for repair in r["repairs"] if repair["reason"] == "loop"
-                ),
-                "warnings": [w for r in reports for w in r["warnings"]],
-            },
-        }
+        documents = [
+            json.loads(await self._store.get_bytes(chunk_result_key(job.id, chunk.chunk_index)))
+            for chunk in chunks
+        ]
+        return result_document(job, chunks, documents, pinned)
 
     def _observe(self, job: Job) -> None:
         metrics.JOBS_FINISHED.labels(JobStatus.COMPLETED.value, "").inc()
@@ -185,6 +128,116 @@ class MergerHandler:
         await self._producer.emit(
             Topic.JOBS_FINISHED, Envelope.for_topic(Topic.JOBS_FINISHED, job.id, producer=STAGE)
         )
+
+
+def result_document(
+    job: Job,
+    chunks: Sequence[Chunk],
+    documents: Sequence[dict[str, Any]],
+    pinned: tuple[str, float] | None,
+) -> dict[str, Any]:
+    """The job's result JSON from its chunk rows, their saved documents (same order) and the language
+    pinned for it, if any."""
+    inputs: list[ChunkInput] = []
+    reports: list[dict[str, Any]] = []
+    for chunk, saved in zip(chunks, documents, strict=True):
+        transcript = ChunkTranscript.model_validate(saved["transcript"])
+        inputs.append(
+            ChunkInput(
+                index=chunk.chunk_index,
+                start_seconds=chunk.start_seconds,
+                end_seconds=chunk.end_seconds,
+                transcript=transcript,
+            )
+        )
+        reports.append(
+            {
+                "index": chunk.chunk_index,
+                "start_seconds": chunk.start_seconds,
+                "end_seconds": chunk.end_seconds,
+                # Who transcribed the chunk: the job's provider, or a fallback after it failed.
+                "provider": saved.get("provider", transcript.provider),
+                "model": saved.get("model", transcript.model),
+                "fallbacks": saved.get("fallbacks", []),
+                "provider_seconds": saved.get("provider_seconds"),
+                "tries": len(saved.get("tries", [])),
+                "provider_calls": sum(len(t.get("calls", [])) for t in saved.get("tries", [])),
+                # Documents written before text-only providers lack these keys: provider times,
+                # coverage checked.
+                "timestamps": saved.get("timestamps")
+                or ("estimated" if any(s.estimated for s in transcript.segments) else "provider"),
+                "check": saved.get("check", "coverage"),
+                "words_per_speech_second": saved.get("words_per_speech_second"),
+                "coverage_gaps": saved.get("coverage_gaps", []),
+                "repairs": [
+                    {k: v for k, v in repair.items() if k != "calls"} for repair in saved.get("repairs", [])
+                ],
+                "warnings": saved.get("warnings", []),
+            }
+        )
+    merged = merge_chunks(inputs)
+    first = inputs[0].transcript if inputs else None
+    timestamps = _one_or_mixed([r["timestamps"] for r in reports], "provider")
+    return {
+        "job_id": str(job.id),
+        "text": merged.text,
+        # Named by the job, else detected once and pinned for every chunk, else the provider's.
+        "language": (pinned[0] if pinned else None) or job.language or merged.language,
+        "language_probability": pinned[1] if pinned else None,
+        "duration_seconds": job.duration_seconds,
+        "provider": job.provider,
+        "model": (first.model if first else None) or job.model,
+        # Some or all times were estimated from the audio's speech energy (a text-only provider):
+        # good enough to find a passage, not to time subtitles to the word.
+        "timestamps_estimated": timestamps != "provider",
+        # exclude_defaults: "estimated" appears only on the segments whose times were estimated.
+        "segments": [segment.model_dump(mode="json", exclude_defaults=True) for segment in merged.segments],
+        "chunks": reports,
+        "quality": {
+            "timestamps": timestamps,
+            # "coverage": speech left untranscribed, found by times; "words_per_speech_second":
+            # the speaking rate, for estimated times (which cover all speech by construction).
+            "check": _one_or_mixed([r["check"] for r in reports], "coverage"),
+            "words_per_speech_second": {
+                r["index"]: r["words_per_speech_second"]
+                for r in reports
+                if r["words_per_speech_second"] is not None
+            },
+            "coverage_gaps": {r["index"]: r["coverage_gaps"] for r in reports if r["coverage_gaps"]},
+            "merge_decisions": [decision.model_dump(mode="json") for decision in merged.decisions],
+            "retries": sum(max(r["provider_calls"] - 1, 0) for r in reports),
+            # Chunks a fallback provider transcribed, and why the ones before it failed.
+            "fallbacks": [
+                {"chunk": r["index"], "provider": r["provider"], "failed": r["fallbacks"]}
+                for r in reports
+                if r["fallbacks"]
+            ],
+            # Windows the transcriber's guard decoded again (times in the recording's clock).
+            "redecodes": [
+                {
+                    **repair,
+                    "chunk": r["index"],
+                    "start_seconds": round(r["start_seconds"] + repair["start_seconds"], 2),
+                    "end_seconds": round(r["start_seconds"] + repair["end_seconds"], 2),
+                }
+                for r in reports
+                for repair in r["repairs"]
+            ],
+            "low_confidence_share": low_confidence_share(merged.segments),
+            "loops_suppressed": sum(
+                1 for r in reports for repair in r["repairs"] if repair["reason"] == "loop"
+            ),
+            "warnings": [w for r in reports for w in r["warnings"]],
+        },
+    }
+
+
+def _one_or_mixed(values: list[str], default: str) -> str:
+    """The value every chunk shares, "mixed" when they differ, ``default`` without chunks."""
+    distinct = set(values)
+    if not distinct:
+        return default
+    return distinct.pop() if len(distinct) == 1 else "mixed"
 
 
 # Whisper's own line between a window it trusts and one it would decode again (`log_prob_threshold`).

@@ -25,7 +25,18 @@ How the cut is found, best evidence first:
    the middle is the cut, kept from the side with the fuller copy (when equal, the side where it is
    farther from the edge); duplicates beyond the cut are dropped, except the words of the cut's
    dropped copy that its kept copy lacks (chunks rarely split sentences at the same places).
-3. ``midpoint`` (no convincing alignment, e.g. silence in the overlap): the cut is a time near the
+3. ``untimed_word_alignment`` (a side's times are ``estimated``: the provider gave text only and the
+   transcriber spread its words over the chunk's speech, see ``stt_transcriber.timing``): such times
+   can be off by seconds, so they neither match words nor place the cut. N's tail words and N+1's
+   head words are taken from a generous window (the overlap widened by its own length on the outer
+   side, ``untimed_window_factor``) and aligned by their normalised text alone (``fuzz.ratio``, the
+   same Smith-Waterman; time only breaks ties between repeated words). The cut is the matched pair
+   in the middle of the matched pairs, counted in words, among pairs with a matched neighbour (a
+   lone common word such as "the" matches by chance); N's words before it and N+1's from it on are
+   kept, so each spoken word once. The alignment is trusted when it matches half the words that the
+   estimated times put in the overlap (``min_score``) or holds a run of ``untimed_min_run`` words;
+   otherwise ``midpoint`` on the estimated times.
+4. ``midpoint`` (no convincing alignment, e.g. silence in the overlap): the cut is a time near the
    middle of the overlap, moved into a pause when there is one so that no word straddles it; a word
    (or, without word timings, a text token) belongs to N when its midpoint is before the cut and to
    N+1 otherwise. When one side has nothing at all in the overlap, the other side's are all kept.
@@ -35,8 +46,10 @@ split by a cut keeps only its kept words (text rebuilt from them, start/end from
 
 Speaker labels ("speaker_0", ...) are local to a chunk. Chunk N+1's labels are mapped onto chunk
 N's (already global) labels by how long they co-occur in the overlap (time intersection of words,
-or of segments), greedily and one-to-one, largest co-occurrence first; a label left unmatched keeps
-its own name when that name is still free, otherwise it gets a fresh ``speaker_<n>``.
+or of segments; after ``untimed_word_alignment``, the number of matched words instead, since
+estimated times may put a short turn beside the wrong one), greedily and one-to-one, largest
+co-occurrence first; a label left unmatched keeps its own name when that name is still free,
+otherwise it gets a fresh ``speaker_<n>``.
 """
 
 from __future__ import annotations
@@ -54,7 +67,7 @@ from rapidfuzz.distance import Levenshtein
 
 from stt_common.transcript import ChunkTranscript, Segment, Word
 
-MergeMethod = Literal["word_alignment", "segment_similarity", "midpoint"]
+MergeMethod = Literal["word_alignment", "segment_similarity", "untimed_word_alignment", "midpoint"]
 
 
 class ChunkInput(BaseModel):
@@ -118,6 +131,13 @@ class MergeOptions:
     min_score: float = 0.5
     # A pause at least this long is a safe place for a midpoint cut.
     min_gap_seconds: float = 0.3
+    # Estimated times (text-only providers): N's words from this many overlap lengths before the
+    # overlap, and N+1's up to as many after it, are aligned (at least untimed_time_diff_seconds).
+    untimed_window_factor: float = 1.0
+    # There, a run of this many consecutive matched words is trusted even below min_score (which is
+    # measured against the words that estimated times put in the overlap, only roughly right): a
+    # phrase this long rarely repeats by chance within the window.
+    untimed_min_run: int = 4
 
 
 # --------------------------------------------------------------------------------------------------
@@ -150,6 +170,7 @@ class _Chunk:
     language: str | None
     segments: list[Segment]  # absolute times, sorted by start, empty ones removed
     has_words: bool
+    estimated: bool  # some segment's times were estimated, not given by the provider
     # The chunk's words in segment order, then provider order. Without word timings: the tokens of
     # the segment texts, timed by interpolation over their segment (see `_interpolate`).
     words: list[_Unit]
@@ -159,6 +180,9 @@ class _Chunk:
     # Segments replaced by their part that a duplicate elsewhere lacks (segment-level merge).
     trimmed: dict[int, Segment] = field(default_factory=dict)
     speaker_map: dict[str, str] = field(default_factory=dict)
+    # Words matched with the previous chunk's by ``untimed_word_alignment``: who said them there is
+    # better evidence for the speaker mapping than estimated times.
+    matched_previous: list[tuple[_Unit, _Unit]] = field(default_factory=list)
 
 
 def normalise(text: str) -> str:
@@ -225,6 +249,7 @@ def _prepare(chunk: ChunkInput) -> _Chunk:
         language=chunk.transcript.language,
         segments=segments,
         has_words=has_words,
+        estimated=any(s.estimated for s in segments),
         words=words,
         segment_units=segment_units,
     )
@@ -498,7 +523,9 @@ def _merge_boundary(left: _Chunk, right: _Chunk, options: MergeOptions) -> Merge
     segment_level = False  # drops are whole segments (else words/tokens)
     trim: tuple[_Chunk, _Unit, Segment] | None = None
 
-    if ov_end > ov_start:
+    if ov_end > ov_start and (left.estimated or right.estimated):
+        method, cut, score, matched, drop_left, drop_right = _untimed_cut(left, right, options)
+    elif ov_end > ov_start:
         tail = [u for u in left.words if u.mid >= ov_start - margin]
         head = [u for u in right.words if u.mid <= ov_end + margin]
         pairs = _align(tail, head, _word_score(options, timed=timed))
@@ -558,6 +585,57 @@ def _merge_boundary(left: _Chunk, right: _Chunk, options: MergeOptions) -> Merge
         dropped_right_words=right_words,
         dropped_left_segments=left_segments,
         dropped_right_segments=right_segments,
+    )
+
+
+def _untimed_cut(
+    left: _Chunk, right: _Chunk, options: MergeOptions
+) -> tuple[MergeMethod, float, float, int, list[_Unit], list[_Unit]]:
+    """Word alignment that does not trust the times, for estimated ones (see the module docstring).
+
+    Returns (method, cut, score, matched, left drops, right drops); ``midpoint`` with no drops when
+    the words do not align (the caller then cuts by time). A trusted alignment's pairs are kept in
+    ``right.matched_previous`` for the speaker mapping.
+    """
+    ov_start, ov_end = right.start, left.end
+    middle = (ov_start + ov_end) / 2
+    window = max((ov_end - ov_start) * options.untimed_window_factor, options.untimed_time_diff_seconds)
+    tail = [u for u in left.words if u.mid >= ov_start - window]
+    head = [u for u in right.words if u.mid <= ov_end + window]
+    threshold, spread = options.word_similarity, ov_end - ov_start + 2 * window
+
+    def score(a: _Unit, b: _Unit) -> float | None:
+        if not a.norm or not b.norm:
+            return None
+        similarity = 1.0 if a.norm == b.norm else fuzz.ratio(a.norm, b.norm) / 100
+        if similarity < threshold:
+            return None
+        # Time only breaks ties ("no, no, no"): never enough to turn a match into a mismatch.
+        return similarity - 0.1 * min(1.0, abs(a.mid - b.mid) / spread)
+
+    pairs = _align(tail, head, score)
+    runs = [run for run in _runs(pairs) if len(run) >= 2]
+    in_runs = [pair for run in runs for pair in run]
+    # Estimated times put only roughly the right words inside the overlap; when they put none of a
+    # side's there, the windows' sizes stand in.
+    smaller = min(
+        sum(1 for u in left.words if ov_start <= u.mid <= ov_end),
+        sum(1 for u in right.words if ov_start <= u.mid <= ov_end),
+    ) or min(len(tail), len(head))
+    share = min(1.0, len(pairs) / smaller) if smaller else 0.0
+    long_run = any(len(run) >= options.untimed_min_run for run in runs)
+    if len(in_runs) < options.min_matches or (share < options.min_score and not long_run):
+        return "midpoint", middle, share, len(pairs), [], []
+    # The middle of what both chunks heard is the middle of the overlap, counted in words.
+    a, b = in_runs[(len(in_runs) - 1) // 2]
+    right.matched_previous = pairs
+    return (
+        "untimed_word_alignment",
+        (a.start + b.start) / 2,
+        share,
+        len(pairs),
+        left.words[a.position :],
+        right.words[: b.position],
     )
 
 
@@ -637,11 +715,16 @@ def _assign_speakers(chunks: Sequence[_Chunk]) -> None:
         if previous is not None and labels:
             start, end = chunk.start, previous.end
             together: defaultdict[tuple[str, str], float] = defaultdict(float)
-            for a in _speaker_units(previous, start, end):
-                for b in _speaker_units(chunk, start, end):
-                    shared = min(a.end, b.end, end) - max(a.start, b.start, start)
-                    if shared > 0 and a.speaker is not None and b.speaker is not None:
-                        together[(previous.speaker_map[a.speaker], b.speaker)] += shared
+            if chunk.matched_previous:
+                for a, b in chunk.matched_previous:
+                    if a.speaker is not None and b.speaker is not None:
+                        together[(previous.speaker_map[a.speaker], b.speaker)] += 1
+            else:
+                for a in _speaker_units(previous, start, end):
+                    for b in _speaker_units(chunk, start, end):
+                        shared = min(a.end, b.end, end) - max(a.start, b.start, start)
+                        if shared > 0 and a.speaker is not None and b.speaker is not None:
+                            together[(previous.speaker_map[a.speaker], b.speaker)] += shared
             for (known, local), _ in sorted(together.items(), key=lambda kv: (-kv[1], kv[0])):
                 if local not in mapping and known not in mapping.values():
                     mapping[local] = known
@@ -739,8 +822,9 @@ def merge_chunks(chunks: Sequence[ChunkInput], options: MergeOptions | None = No
     """Merge chunk transcripts (any order; sorted by window start) into one absolute-time transcript."""
     options = options or MergeOptions()
     prepared = [_prepare(c) for c in sorted(chunks, key=lambda c: (c.start_seconds, c.index))]
-    _assign_speakers(prepared)
+    # Boundaries first: an untimed alignment's matched words serve the speaker mapping.
     decisions = [_merge_boundary(a, b, options) for a, b in pairwise(prepared)]
+    _assign_speakers(prepared)
     segments = [seg for chunk in prepared for seg in _rebuild(chunk)]
     return MergedTranscript(
         segments=segments,
