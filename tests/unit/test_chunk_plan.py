@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stt_chunker.plan import ChunkPlanner, ChunkWindow, max_chunk_seconds, plan_chunks
+from stt_chunker.plan import ChunkPlanner, ChunkWindow, chunk_seconds_within, max_chunk_seconds, plan_chunks
 
 
 def spans(chunks: list[ChunkWindow]) -> list[tuple[float, float]]:
@@ -247,3 +247,18 @@ def test_chunks_are_handed_out_as_soon_as_their_boundary_is_certain() -> None:
     assert planner.finish(1000.0) == [ChunkWindow(3, 877.0, 1000.0)]
     with pytest.raises(RuntimeError, match="finished"):
         planner.advance(2000.0)
+
+
+@pytest.mark.parametrize("limit", [None, 1400.0, 120.0, 60.0, 25.0])
+def test_chunks_fit_a_providers_request_limit(limit: float | None) -> None:
+    settings = {"overlap_seconds": 10.0, "search_window_seconds": 20.0}
+    chunk = chunk_seconds_within(limit, chunk_seconds=300.0, **settings)
+    longest = max_chunk_seconds(chunk_seconds=chunk, **settings)
+    if limit is None or limit >= 320.0:
+        assert chunk == 300.0  # the default already fits
+    elif limit >= 41.0:
+        assert longest <= limit
+        windows = plan_chunks(3600.0, chunk_seconds=chunk, **settings)
+        assert max(w.duration for w in windows) <= limit
+    else:  # no plan can be that short: the shortest the planner accepts
+        assert chunk == 21.0

@@ -102,7 +102,9 @@ def _key(setting: str, *vendor_names: str) -> Any:
     """A provider key read from `STT_<SETTING>` or, failing that, the vendor's own variable name."""
     return Field(
         default=None,
-        validation_alias=AliasChoices(setting, f"STT_{setting.upper()}", *vendor_names),
+        # Ours first: the vendor's own name is only the fallback (matching is case-insensitive, so the
+        # field's own name would match the vendor's variable: it is not listed).
+        validation_alias=AliasChoices(f"STT_{setting.upper()}", *vendor_names),
         description=f"API key (STT_{setting.upper()}, or {' / '.join(vendor_names)}).",
     )
 

@@ -27,7 +27,7 @@ from stt_chunker.audio import (
     quietest_point,
     wav_chunk_blocks,
 )
-from stt_chunker.plan import ChunkPlanner, ChunkWindow
+from stt_chunker.plan import ChunkPlanner, ChunkWindow, chunk_seconds_within
 from stt_chunker.settings import ChunkerSettings
 from stt_common.db.jobs import transition_job
 from stt_common.db.models import Chunk, ChunkStatus, Job, JobStatus
@@ -36,6 +36,7 @@ from stt_common.kafka import EventProducer
 from stt_common.logs import get_logger
 from stt_common.messages import Envelope
 from stt_common.pipeline import emit_pending_chunks, fail_job, load_job
+from stt_common.providers.catalogue import PROVIDERS
 from stt_common.runner import Outcome
 from stt_common.s3 import ObjectNotFoundError, ObjectStore, chunk_audio_key, chunks_prefix, original_key
 
@@ -193,8 +194,16 @@ class ChunkerHandler:
         lap("download")
         settings = self._settings
         wav = workdir / "audio.wav"
+        limit = (
+            PROVIDERS[job.provider].capabilities.max_chunk_seconds() if job.provider in PROVIDERS else None
+        )
         planner = ChunkPlanner(
-            chunk_seconds=settings.chunk_seconds,
+            chunk_seconds=chunk_seconds_within(
+                limit,
+                chunk_seconds=settings.chunk_seconds,
+                overlap_seconds=settings.chunk_overlap_seconds,
+                search_window_seconds=settings.chunk_search_window_seconds,
+            ),
             overlap_seconds=settings.chunk_overlap_seconds,
             search_window_seconds=settings.chunk_search_window_seconds,
             quietest=lambda start, end: quietest_point(wav, start, end),

@@ -200,3 +200,22 @@ def _validate(
             "chunk_seconds must exceed overlap_seconds + search_window_seconds / 2 "
             f"(got chunk={chunk_seconds}, overlap={overlap_seconds}, search window={search_window_seconds})"
         )
+
+
+def chunk_seconds_within(
+    limit_seconds: float | None,
+    *,
+    chunk_seconds: float,
+    overlap_seconds: float,
+    search_window_seconds: float,
+) -> float:
+    """The planned chunk length, shortened so that no chunk is longer than ``limit_seconds`` (the most
+    a provider takes per request); unchanged without a limit. Never below what the planner accepts
+    (a step longer than the overlap), even if a limit that small cannot be met."""
+    if limit_seconds is None:
+        return chunk_seconds
+    slack = max_chunk_seconds(
+        chunk_seconds=0, overlap_seconds=overlap_seconds, search_window_seconds=search_window_seconds
+    )
+    shortest = search_window_seconds / 2 + overlap_seconds + 1.0
+    return max(min(chunk_seconds, limit_seconds - slack), shortest)

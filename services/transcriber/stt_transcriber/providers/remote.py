@@ -2,7 +2,7 @@
 by every concurrent call, closing it, the model a call uses, and building itself from settings.
 
 An adapter subclasses `RemoteProvider[ClientType]`, names itself (`name`, which is also its entry in
-`stt_common.providers.catalogue`), and writes `_make_client`, `_close_client` and `transcribe`;
+`stt_common.providers.catalogue`), and writes `_make_client`, `_close_client` and `_transcribe`;
 vendor-specific settings go in its own `from_settings`.
 """
 

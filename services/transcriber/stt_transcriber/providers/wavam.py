@@ -115,7 +115,10 @@ class WavAmProvider(RemoteProvider[httpx.AsyncClient]):
                 f"{NAME}: language {language!r} is not offered (wav.am transcribes {', '.join(LANGUAGES)}); "
                 "submit the job with one of those or another provider"
             )
-        speakers = request.options.get("num_speakers") or (2 if request.options.get("speaker_labels") else 1)
+        # wav.am separates speakers only when told how many there may be: 2 when the job asks for
+        # speaker labels (a conversation), else 1.
+        output = request.options.get("output") or {}
+        speakers = 2 if isinstance(output, dict) and output.get("speaker_labels") else 1
         client = self.client()
         data, duration = await asyncio.to_thread(read_audio, audio_path)
         project = await self._project(client)
