@@ -359,7 +359,10 @@ def test_secrets_are_references_given_least_privilege(render: Render) -> None:
     assert "STT_REDIS_URL" not in transcriber
     ingest = secret_env("ingest")
     assert ingest["STT_REDIS_URL"] == "stt-redis"
-    assert "STT_OPENAI_API_KEY" not in ingest
+    # Ingest never calls a provider, but checks which keys are set (GET /api/v1/providers, refusing jobs).
+    assert ingest["STT_OPENAI_API_KEY"] == "stt-providers"
+    for worker in ("chunker", "merger", "notifier"):
+        assert "STT_OPENAI_API_KEY" not in secret_env(worker), worker
 
 
 def test_missing_database_secret_fails_the_render(render: Render) -> None:

@@ -137,7 +137,13 @@ async def test_every_panel_of_every_dashboard_has_data(
         services = {
             "ingest": ServiceProcess(
                 "ingest",
-                {**base_env, "STT_HTTP_PORT": str(http_port), "STT_SSRF_ALLOW_NETWORKS": "127.0.0.0/8"},
+                {
+                    **base_env,
+                    "STT_HTTP_PORT": str(http_port),
+                    "STT_SSRF_ALLOW_NETWORKS": "127.0.0.0/8",
+                    # Ingest refuses jobs for providers it has no key for.
+                    "STT_OPENAI_API_KEY": "sk-test",
+                },
                 log_dir,
             ),
             "chunker": ServiceProcess("chunker", base_env, log_dir),

@@ -24,7 +24,7 @@ from stt_ingest.events import Trigger
 from stt_ingest.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from stt_ingest.problems import PROBLEM_MEDIA_TYPE, Problem, install_problem_handlers
 from stt_ingest.ratelimit import RateLimiter
-from stt_ingest.routes import jobs, ops, submit, webhooks
+from stt_ingest.routes import jobs, ops, providers, submit, webhooks
 from stt_ingest.routes.submit import UPLOAD_PATH
 from stt_ingest.settings import IngestSettings
 from stt_ingest.state import AppState
@@ -38,6 +38,8 @@ DESCRIPTION = """
 Speech-to-text jobs: upload a file (or give a URL), follow the job, download the transcript.
 
 * **Auth**: send your API key in `X-API-Key`. Each key sees only its own jobs.
+* **Providers**: `GET /api/v1/providers` lists the providers you may name, which are configured
+  here, and what each can do; a job naming one that is not configured is refused (422).
 * **Rate limit**: submissions are limited per key (default 10 per minute); a 429 carries
   `Retry-After` and `RateLimit-*` headers.
 * **Idempotency**: send `Idempotency-Key` on submissions to retry them safely.
@@ -48,6 +50,7 @@ Speech-to-text jobs: upload a file (or give a URL), follow the job, download the
 TAGS = [
     {"name": "submit", "description": "Create transcription jobs."},
     {"name": "jobs", "description": "Follow, cancel, retry and delete jobs; download results."},
+    {"name": "providers", "description": "The transcription providers this deployment offers."},
     {"name": "operations", "description": "Health, readiness and metrics."},
 ]
 
@@ -151,6 +154,7 @@ def create_app(
     app.include_router(submit.router)
     app.include_router(jobs.router)
     app.include_router(webhooks.router)
+    app.include_router(providers.router)
     app.include_router(ops.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

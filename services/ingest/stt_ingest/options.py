@@ -11,17 +11,18 @@ from typing import Any
 from pydantic import ValidationError
 
 from stt_common.providers import local_models
+from stt_common.providers.catalogue import PROVIDERS
 from stt_common.providers.languages import normalise_language
 from stt_common.ssrf import UnsafeUrlError, check_url_syntax
 from stt_ingest.problems import ApiProblem, FieldError
 from stt_ingest.schemas import JobOptions
-from stt_ingest.settings import IngestSettings
+from stt_ingest.settings import IngestSettings, missing_setting
 
 FORM_FIELDS = frozenset(
     {"language", "provider", "model", "context_mode", "webhook_url", "prompt", "vocabulary", "output",
-     "delete_after_seconds"}
+     "delete_after_seconds", "fallback_providers"}
 )  # fmt: skip
-_REPEATABLE = frozenset({"vocabulary"})
+_REPEATABLE = frozenset({"vocabulary", "fallback_providers"})
 
 
 @dataclass(frozen=True)
@@ -93,8 +94,19 @@ def options_from_form(fields: Mapping[str, list[str]]) -> JobOptions:
         raise _problem_from_validation(exc, ["body"]) from exc
 
 
+def configured_providers(settings: IngestSettings) -> list[str]:
+    """The providers a job may name here: allowed by the operator and configured (their key set), in
+    the catalogue's order."""
+    return [
+        name
+        for name in PROVIDERS
+        if name in settings.allowed_providers and settings.provider_configured(name)
+    ]
+
+
 def resolve_options(options: JobOptions, settings: IngestSettings) -> ResolvedOptions:
-    """Apply defaults and the settings' rules (allowed providers, webhook URL safety, retention)."""
+    """Apply defaults and the settings' rules (allowed and configured providers, the languages a
+    provider transcribes, webhook URL safety, retention)."""
     errors: list[FieldError] = []
     # "auto" says what omitting it says: detect the language (once, for every chunk).
     language = options.language.lower() if options.language and options.language.lower() != "auto" else None
@@ -104,6 +116,10 @@ def resolve_options(options: JobOptions, settings: IngestSettings) -> ResolvedOp
         errors.append(
             FieldError(loc=["body", "provider"], msg=f"Unknown provider; one of: {allowed}.", type="enum")
         )
+    else:
+        errors.extend(_provider_errors(provider, language, settings))
+    fallbacks = [name.strip().lower() for name in options.fallback_providers]
+    errors.extend(_fallback_errors(provider, fallbacks, language, settings))
     model = options.model
     if provider == "local":
         model = local_models.model_for_job(options.model, language, settings.local_model)
@@ -128,7 +144,9 @@ def resolve_options(options: JobOptions, settings: IngestSettings) -> ResolvedOp
             )
         )
     if errors:
-        raise ApiProblem(422, "validation_error", "Some options are invalid.", errors=errors)
+        # The messages in the detail too: clients that show only the detail still say what to do.
+        detail = " ".join(["Some options are invalid.", *(error.msg for error in errors)])
+        raise ApiProblem(422, "validation_error", detail, errors=errors)
     context_mode = options.context_mode or (
         "chained" if provider in settings.chained_providers else "parallel"
     )
@@ -140,8 +158,56 @@ def resolve_options(options: JobOptions, settings: IngestSettings) -> ResolvedOp
         context_mode=context_mode,
         webhook_url=webhook_url,
         delete_after_seconds=options.delete_after_seconds,
-        options={"prompt": options.prompt, "vocabulary": list(options.vocabulary), "output": output},
+        options={
+            "prompt": options.prompt,
+            "vocabulary": list(options.vocabulary),
+            "output": output,
+            **({"fallback_providers": fallbacks} if fallbacks else {}),
+        },
     )
+
+
+def _provider_errors(provider: str, language: str | None, settings: IngestSettings) -> list[FieldError]:
+    """What the transcriber could not do for an allowed provider: call it without its key, or ask it
+    for a language it does not transcribe."""
+    if not settings.provider_configured(provider):
+        configured = ", ".join(configured_providers(settings)) or "none"
+        message = (
+            f"Provider {provider!r} is not configured on this deployment (no {missing_setting(provider)}); "
+            f"configured: {configured}. Choose one of those, or ask the operator to set the key."
+        )
+        return [FieldError(loc=["body", "provider"], msg=message, type="provider_not_configured")]
+    languages = PROVIDERS[provider].capabilities.languages
+    code = normalise_language(language)
+    if languages is not None and code is not None and code not in languages:
+        names = ", ".join(sorted(languages))
+        message = (
+            f"Provider {provider!r} transcribes only {names}, not language {language!r}: "
+            "choose one of those languages, or another provider."
+        )
+        return [FieldError(loc=["body", "language"], msg=message, type="unsupported_language")]
+    return []
+
+
+def _fallback_errors(
+    provider: str, fallbacks: list[str], language: str | None, settings: IngestSettings
+) -> list[FieldError]:
+    """Each fallback must be a provider the job could have named itself, and a different one."""
+    errors: list[FieldError] = []
+    for position, name in enumerate(fallbacks):
+        loc: list[str | int] = ["body", "fallback_providers", position]
+        if name == provider or name in fallbacks[:position]:
+            message = f"{name!r} is already tried before; name each provider once."
+            errors.append(FieldError(loc=loc, msg=message, type="duplicate"))
+        elif name not in settings.allowed_providers:
+            allowed = ", ".join(settings.allowed_providers)
+            errors.append(FieldError(loc=loc, msg=f"Unknown provider; one of: {allowed}.", type="enum"))
+        else:
+            errors.extend(
+                FieldError(loc=loc, msg=error.msg, type=error.type)
+                for error in _provider_errors(name, language, settings)
+            )
+    return errors
 
 
 def _local_model_errors(

@@ -78,6 +78,13 @@ class JobOptions(BaseModel):
         max_length=200,
         description="Words and names the provider should expect (no NUL characters).",
     )
+    fallback_providers: list[Annotated[str, StringConstraints(max_length=64)]] = Field(
+        default_factory=list,
+        max_length=3,
+        description="Providers tried in order for a chunk whose provider fails after its retries with "
+        "rate_limited, quota_exceeded, provider_unavailable or timeout (not auth_error or invalid_audio). "
+        "Each must be configured; GET /api/v1/providers lists them.",
+    )
     output: OutputOptions | None = None
     delete_after_seconds: int | None = Field(
         default=None,
@@ -268,3 +275,92 @@ class JobEvents(BaseModel):
 class Health(BaseModel):
     status: str
     checks: dict[str, str] | None = None
+
+
+class ProviderCapabilitiesView(BaseModel):
+    """What a provider gives back and accepts (from the catalogue)."""
+
+    timestamps: Literal["words", "segments", "none"] = Field(
+        description="`words` (word times), `segments` (segment times only) or `none` (text only: times "
+        "are estimated from the speech and marked `estimated` in the transcript)."
+    )
+    diarization: bool = Field(description="Can label speakers (`output.speaker_labels`).")
+    prompt: bool = Field(description="Takes `prompt` and `vocabulary` (free-text hints).")
+    languages: list[str] | None = Field(
+        description="The only languages it transcribes (ISO 639-1); null: many, and it detects them. "
+        "A job asking for another language is refused (422)."
+    )
+    max_request_bytes: int | None = Field(
+        description="The most one request to it may carry (null: no limit below a chunk); longer "
+        "audio is cut into shorter chunks for it."
+    )
+    max_request_seconds: float | None = Field(description="The longest audio one request may carry.")
+
+
+class ProviderView(BaseModel):
+    """One provider this deployment allows. Its key, if it has one, is never shown."""
+
+    name: str = Field(description="What a job's `provider` names.")
+    title: str
+    configured: bool = Field(
+        description="Usable here: its key is set (or it needs none, like `local`). A job naming a "
+        "provider that is not configured is refused (422)."
+    )
+    default: bool = Field(description="The provider of jobs that name none.")
+    default_model: str = Field(description="The model of jobs that name none (this deployment's setting).")
+    models: list[str] = Field(
+        description="Known models. Remote providers are passed other names as given; `local` has only these."
+    )
+    context_mode: ContextMode = Field(description="The context mode of jobs that name none.")
+    capabilities: ProviderCapabilitiesView
+
+
+class ProviderList(BaseModel):
+    default_provider: str = Field(description="The provider of jobs that name none.")
+    items: list[ProviderView] = Field(description="Every allowed provider, configured or not.")
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "default_provider": "local",
+                    "items": [
+                        {
+                            "name": "local",
+                            "title": "Embedded faster-whisper (offline)",
+                            "configured": True,
+                            "default": True,
+                            "default_model": "tiny.en",
+                            "models": ["tiny.en", "base"],
+                            "context_mode": "parallel",
+                            "capabilities": {
+                                "timestamps": "words",
+                                "diarization": False,
+                                "prompt": True,
+                                "languages": None,
+                                "max_request_bytes": None,
+                                "max_request_seconds": None,
+                            },
+                        },
+                        {
+                            "name": "hispeech",
+                            "title": "HiSpeech (Armenian)",
+                            "configured": False,
+                            "default": False,
+                            "default_model": "model-01052025",
+                            "models": ["model-01052025", "model-23012026"],
+                            "context_mode": "parallel",
+                            "capabilities": {
+                                "timestamps": "none",
+                                "diarization": False,
+                                "prompt": False,
+                                "languages": ["hy"],
+                                "max_request_bytes": None,
+                                "max_request_seconds": None,
+                            },
+                        },
+                    ],
+                }
+            ]
+        }
+    )

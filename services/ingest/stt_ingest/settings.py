@@ -1,4 +1,5 @@
-"""Ingest's settings: the shared connection settings plus the knobs of the REST API (env prefix `STT_`).
+"""Ingest's settings: the shared connection settings, the providers' keys (ingest only checks which are
+set: it never calls a provider) and the knobs of the REST API (env prefix `STT_`).
 
 Built once in `main()` (or by a test) and handed to `create_app(settings)`; nothing else reads the
 environment.
@@ -13,12 +14,11 @@ from typing import Annotated, Self
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
+from stt_common.providers.catalogue import PROVIDERS
 from stt_common.providers.local_models import DEFAULT_LOCAL_MODEL
-from stt_common.settings import Settings
+from stt_common.settings import ProviderSettings
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-KNOWN_PROVIDERS = ("local", "openai", "gemini", "elevenlabs", "wavam", "hispeech")
 
 
 def _split_list(value: object) -> object:
@@ -31,8 +31,12 @@ def _split_list(value: object) -> object:
     return value
 
 
-class IngestSettings(Settings):
-    """Everything `services/ingest` needs. Defaults are safe for production (loopback bind aside)."""
+class IngestSettings(ProviderSettings):
+    """Everything `services/ingest` needs. Defaults are safe for production (loopback bind aside).
+
+    The provider keys (from `ProviderSettings`) are only ever checked for presence: a job for a
+    provider without one is refused at submission, and `GET /api/v1/providers` says which are set.
+    """
 
     service_name: str = "ingest"
 
@@ -97,11 +101,18 @@ class IngestSettings(Settings):
     )
 
     # Jobs.
-    default_provider: str = "local"
-    allowed_providers: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(KNOWN_PROVIDERS))
+    default_provider: str = Field(
+        default="local", description="The provider of jobs that name none (allowed, and configured)."
+    )
+    allowed_providers: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(PROVIDERS),
+        description="Operator allow-list: the providers jobs may name (default: every one in the "
+        "catalogue). A job also needs its provider configured (its key set).",
+    )
     chained_providers: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["gemini"],
-        description="Providers whose jobs default to context_mode=chained (LLMs that use context).",
+        default_factory=lambda: [info.name for info in PROVIDERS.values() if info.context_mode == "chained"],
+        description="Providers whose jobs default to context_mode=chained (LLMs that use context); "
+        "default: the catalogue's.",
     )
     local_model: str = Field(
         default=DEFAULT_LOCAL_MODEL,
@@ -124,11 +135,30 @@ class IngestSettings(Settings):
             return [ipaddress.ip_network(str(item), strict=False) for item in value]
         return value
 
+    @field_validator("default_provider", mode="after")
+    @classmethod
+    def _provider_name(cls, value: str) -> str:
+        return value.strip().lower()
+
+    @field_validator("allowed_providers", "chained_providers", mode="after")
+    @classmethod
+    def _known_providers(cls, value: list[str]) -> list[str]:
+        names = [name.strip().lower() for name in value]
+        unknown = [name for name in names if name not in PROVIDERS]
+        if unknown:
+            raise ValueError(f"unknown provider(s) {', '.join(unknown)}; known: {', '.join(PROVIDERS)}")
+        return list(dict.fromkeys(names))
+
     @model_validator(mode="after")
     def _default_provider_is_allowed(self) -> Self:
         if self.default_provider not in self.allowed_providers:
             raise ValueError(
                 f"STT_DEFAULT_PROVIDER {self.default_provider!r} is not in STT_ALLOWED_PROVIDERS"
+            )
+        if not self.provider_configured(self.default_provider):
+            raise ValueError(
+                f"STT_DEFAULT_PROVIDER {self.default_provider!r} is not configured: "
+                f"{missing_setting(self.default_provider)} is not set"
             )
         largest = max(self.max_upload_bytes, self.fetch_max_bytes)
         if largest > self.upload_part_bytes * 10_000:
@@ -143,3 +173,14 @@ class IngestSettings(Settings):
     @property
     def fetch_max_bytes(self) -> int:
         return self.url_fetch_max_bytes or self.max_upload_bytes
+
+
+def missing_setting(provider: str) -> str:
+    """What an operator sets to configure a provider (`STT_<NAME>_API_KEY`; for openai, or a base URL)."""
+    key_setting = PROVIDERS[provider].key_setting
+    if key_setting is None:
+        return "nothing"
+    name = f"STT_{key_setting.upper()}"
+    if provider == "openai":
+        return f"{name} or STT_OPENAI_BASE_URL"
+    return name

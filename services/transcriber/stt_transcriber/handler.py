@@ -31,12 +31,13 @@ from stt_common.kafka import EventProducer
 from stt_common.logs import get_logger
 from stt_common.messages import Envelope, Topic
 from stt_common.pipeline import LANGUAGE_PIN, fail_job, load_job, load_language_pin
-from stt_common.providers import LanguageDetector, Provider, ProviderRequest
+from stt_common.providers import LanguageDetector, Provider, ProviderRequest, local_models
 from stt_common.providers.catalogue import provider_info
 from stt_common.runner import Outcome
 from stt_common.s3 import ObjectNotFoundError, ObjectStore, chunk_audio_key, chunk_result_key
 from stt_common.transcript import ChunkTranscript, Segment
 from stt_transcriber import guard, timing
+from stt_transcriber.budget import VendorBudget
 from stt_transcriber.coverage import speech_gaps, speech_mask
 from stt_transcriber.pool import ProviderPool
 from stt_transcriber.settings import TranscriberSettings
@@ -110,12 +111,14 @@ class TranscriberHandler:
         store: ObjectStore,
         producer: EventProducer,
         providers: ProviderPool,
+        budget: VendorBudget | None = None,
     ) -> None:
         self._settings = settings
         self._sessions = sessions
         self._store = store
         self._producer = producer
         self._providers = providers
+        self._budget = budget  # None: no vendor limits (tests, and deployments that set none)
 
     async def __call__(self, envelope: Envelope) -> Outcome:
         assert envelope.chunk_index is not None  # guaranteed by the envelope's validator
@@ -229,9 +232,7 @@ class TranscriberHandler:
                     message = error_text(cause)
                     log.warning("chunk failed for good", error_code=code.value, error=message[:300])
                     await self._fail_chunk(job.id, chunk.index, code, message)
-                    tried = "".join(
-                        f"; before, {f['provider']}: {f['error_code']}" for f in failed.fallbacks
-                    )
+                    tried = "".join(f"; before, {f['provider']}: {f['error_code']}" for f in failed.fallbacks)
                     await fail_job(
                         self._sessions,
                         self._producer,
@@ -325,8 +326,11 @@ class TranscriberHandler:
         fallbacks: list[dict[str, Any]] = []
         for position, name in enumerate(names):
             provider = self._providers.get(name)
-            # The job's model names a model of its own provider; a fallback uses its default.
-            attempt = request if position == 0 else replace(request, model=None)
+            # The job's model names a model of its own provider; a fallback uses its default (for
+            # `local`, the one that speaks the job's language).
+            model = local_models.model_for_job(None, request.language, self._settings.local_model)
+            fallback_model = model if name == "local" else None
+            attempt = request if position == 0 else replace(request, model=fallback_model)
             try:
                 result, report = await self._best_attempt(provider, audio, attempt, job.id, duration)
             except CancelledJobError:
@@ -467,9 +471,14 @@ class TranscriberHandler:
                 await self._check_not_cancelled(job_id)
             started = time.perf_counter()
             try:
-                result = await asyncio.wait_for(
-                    provider.transcribe(audio, request), settings.provider_timeout_seconds
-                )
+                # The vendor's budget (shared by every replica) is waited for outside the call's
+                # timeout: waiting for a slot is not the vendor being slow. Each try takes a slot, so
+                # retries count against the budget and backoff sleeps hold none.
+                async with self._budget_slot(provider.name):
+                    started = time.perf_counter()
+                    result = await asyncio.wait_for(
+                        provider.transcribe(audio, request), settings.provider_timeout_seconds
+                    )
             except Exception as exc:
                 seconds = time.perf_counter() - started
                 code = classify(exc)
@@ -493,6 +502,9 @@ class TranscriberHandler:
             calls.append({"seconds": round(seconds, 3)})
             return result, calls
         raise AssertionError("unreachable")
+
+    def _budget_slot(self, provider: str) -> contextlib.AbstractAsyncContextManager[float]:
+        return self._budget.slot(provider) if self._budget else contextlib.nullcontext(0.0)
 
     async def _check_not_cancelled(self, job_id: uuid.UUID) -> None:
         job = await load_job(self._sessions, job_id)

@@ -65,3 +65,19 @@ class TranscriberSettings(ProviderSettings):
 
     # wav.am: every call names a project, found or made by this name once per process.
     wavam_project: str = Field(default="stt-pipeline", min_length=1)
+
+    # Per-provider request budget, shared by every replica through Redis (`stt_transcriber.budget`).
+    # Env values are JSON objects, e.g. STT_PROVIDER_CONCURRENCY='{"wavam": 2}'; a provider left out
+    # (or given 0) is unlimited.
+    provider_requests_per_minute: dict[str, int] = Field(
+        default_factory=dict, description="Calls that may start per 60 s, by provider, across all replicas."
+    )
+    provider_concurrency: dict[str, int] = Field(
+        default_factory=dict, description="Calls in flight at once, by provider, across all replicas."
+    )
+    budget_lease_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long a concurrency slot outlives a replica that died holding it (renewed every "
+        "third of it while held).",
+    )

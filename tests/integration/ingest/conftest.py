@@ -31,6 +31,7 @@ from starlette.responses import PlainTextResponse, RedirectResponse, Response, S
 from starlette.routing import Route
 
 from stt_common.messages import Envelope, Topic
+from stt_common.providers.catalogue import PROVIDERS
 from stt_common.settings import Settings
 from stt_common.ssrf import IPAddress
 from stt_ingest import keys
@@ -42,9 +43,22 @@ from tests.integration.ingest import media
 ROOT = Path(__file__).resolve().parents[3]
 
 
+# No provider key or endpoint from the environment (a developer's OPENAI_API_KEY): only `local` is
+# configured unless a test sets a key.
+NO_PROVIDER_KEYS: dict[str, Any] = {
+    **{info.key_setting: None for info in PROVIDERS.values() if info.key_setting},
+    "openai_base_url": None,
+}
+
+
 def ingest_settings(settings: Settings, **overrides: Any) -> IngestSettings:
     """IngestSettings pointing at the test stack, with overrides."""
-    values = {**settings.model_dump(), "development": True, "kafka_enable_idempotence": False}
+    values = {
+        **settings.model_dump(),
+        **NO_PROVIDER_KEYS,
+        "development": True,
+        "kafka_enable_idempotence": False,
+    }
     values.update(overrides)
     return IngestSettings(**values)
 

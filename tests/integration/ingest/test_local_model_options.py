@@ -77,7 +77,6 @@ async def test_url_submissions_are_checked_the_same_way(api: Api, key: Key) -> N
         {"model": "tiny.en", "language": "en-US"},
         {"model": "tiny.en"},
         {"language": "en"},
-        {"provider": "openai", "model": "whisper-1", "language": "ru"},  # other providers: not these rules
     ],
 )
 async def test_what_the_models_can_do_is_accepted(
@@ -89,6 +88,18 @@ async def test_what_the_models_can_do_is_accepted(
         job = await session.get(Job, uuid.UUID(response.json()["job_id"]))
     assert job is not None
     assert (job.model, job.language) == (fields.get("model"), fields.get("language", "").lower() or None)
+
+
+async def test_other_providers_are_not_held_to_these_rules(
+    make_api: AppFactory, key: Key, sessionmaker_: async_sessionmaker[AsyncSession]
+) -> None:
+    async with make_api(openai_api_key="sk-test") as configured:  # a provider needs its key to be named
+        response = await _upload(configured, key, provider="openai", model="whisper-1", language="ru")
+    assert response.status_code == 202, response.text
+    async with sessionmaker_() as session:
+        job = await session.get(Job, uuid.UUID(response.json()["job_id"]))
+    assert job is not None
+    assert (job.provider, job.model, job.language) == ("openai", "whisper-1", "ru")
 
 
 @pytest.mark.parametrize("language", ["hy", "ru", "hy-AM"])

@@ -87,7 +87,7 @@ async def test_upload_is_stored_queued_and_answered_202(
     assert trigger.producer == "ingest"
 
 
-async def test_fields_after_the_file_are_applied(api: Api, key: Key) -> None:
+async def test_fields_after_the_file_are_applied(make_api: AppFactory, key: Key) -> None:
     boundary = "xYzBoundary"
     content = SAMPLES["flac"]
     body = (
@@ -96,13 +96,14 @@ async def test_fields_after_the_file_are_applied(api: Api, key: Key) -> None:
         + f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="provider"\r\n\r\ngemini\r\n'.encode()
         + f"--{boundary}--\r\n".encode()
     )
-    response = await api.client.post(
-        "/api/v1/transcribe",
-        headers={**key.headers, "Content-Type": f"multipart/form-data; boundary={boundary}"},
-        content=body,
-    )
-    assert response.status_code == 202, response.text
-    job = (await api.client.get(response.headers["location"], headers=key.headers)).json()
+    async with make_api(gemini_api_key="gm-test") as api:  # gemini is configured
+        response = await api.client.post(
+            "/api/v1/transcribe",
+            headers={**key.headers, "Content-Type": f"multipart/form-data; boundary={boundary}"},
+            content=body,
+        )
+        assert response.status_code == 202, response.text
+        job = (await api.client.get(response.headers["location"], headers=key.headers)).json()
     assert (job["provider"], job["context_mode"], job["content_type"]) == ("gemini", "chained", "audio/flac")
 
 
