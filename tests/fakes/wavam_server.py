@@ -117,6 +117,11 @@ class FakeConfig(BaseModel):
     transcript_for: TranscriptFor | None = Field(
         default=None, description="(duration, uploaded WAV bytes) -> the transcript text, in-process."
     )
+    failure_for: Callable[[float, bytes], Failure | None] | None = Field(
+        default=None,
+        description="(duration, uploaded WAV bytes) -> a failure for this upload or None, in-process: "
+        "a vendor down for one chunk of a recording only. Consulted before the failure queue.",
+    )
 
 
 class Failure(BaseModel):
@@ -432,7 +437,9 @@ def create_app(state: FakeWavAmState) -> FastAPI:
             upload = form.get("audio_file")
             data = await upload.read() if isinstance(upload, UploadFile) else b""
             authorization = request.headers.get("authorization")
-            failure = state.next_failure("transcribe_audio")
+            failure_for = state.config.failure_for
+            chosen = failure_for(_wav_seconds(data) or 0.0, data) if failure_for and data else None
+            failure = chosen or state.next_failure("transcribe_audio")
             recorded = state.record(
                 endpoint="transcribe_audio",
                 path=request.url.path,
@@ -590,3 +597,5 @@ class FakeWavAm(LoopbackFake):
     def max_in_flight(self) -> int:
         """The most transcribe_audio requests that were being answered at once."""
         return self.state.max_in_flight
+
+FakeConfig.model_rebuild()
