@@ -598,4 +598,5 @@ class FakeWavAm(LoopbackFake):
         """The most transcribe_audio requests that were being answered at once."""
         return self.state.max_in_flight
 
+
 FakeConfig.model_rebuild()

@@ -123,6 +123,15 @@ return 1
 _REDIS_ERRORS = (RedisError, OSError)  # OSError covers refused connections and the builtin TimeoutError
 
 
+class BudgetBusy(Exception):
+    """The provider's budget stayed full for the caller's patience: the caller should do other work
+    (the transcriber hands the chunk back to the queue) rather than hold its place waiting."""
+
+    def __init__(self, provider: str, waited: float) -> None:
+        super().__init__(f"{provider}: no request budget free after {waited:.1f} s")
+        self.provider, self.waited = provider, waited
+
+
 class VendorBudget:
     """Rate and concurrency limits per provider; a provider missing from both maps (or given 0) is
     unlimited. `window_seconds` is the rate window (60 in production, shorter in tests). The budget
@@ -169,9 +178,10 @@ class VendorBudget:
         await self._redis.aclose()
 
     @contextlib.asynccontextmanager
-    async def slot(self, provider: str) -> AsyncIterator[float]:
+    async def slot(self, provider: str, *, patience: float | None = None) -> AsyncIterator[float]:
         """Wait until `provider`'s budget allows one more call, hold a concurrency slot (if it has a
-        limit) until the block exits; yields the seconds waited."""
+        limit) until the block exits; yields the seconds waited. With `patience`, give up after that
+        many seconds with `BudgetBusy`."""
         rate = self._rate.get(provider, 0)
         concurrency = self._concurrency.get(provider, 0)
         if not rate and not concurrency:
@@ -179,7 +189,7 @@ class VendorBudget:
             return
         call_id = uuid.uuid4().hex
         started = time.monotonic()
-        held = await self._wait(provider, call_id, rate, concurrency)
+        held = await self._wait(provider, call_id, rate, concurrency, patience)
         waited = time.monotonic() - started
         BUDGET_WAIT.labels(provider).observe(waited)
         if not held:  # only a rate limit, or Redis failed: nothing to renew or give back
@@ -197,8 +207,11 @@ class VendorBudget:
     def _key(self, provider: str, kind: str) -> str:
         return f"{self._prefix}{{{provider}}}:{kind}"
 
-    async def _wait(self, provider: str, call_id: str, rate: int, concurrency: int) -> bool:
+    async def _wait(
+        self, provider: str, call_id: str, rate: int, concurrency: int, patience: float | None
+    ) -> bool:
         """Block until the script admits the call; True when it now holds a concurrency slot."""
+        started = time.monotonic()
         keys = [self._key(provider, "rate"), self._key(provider, "leases")]
         args = [rate, self._window_ms, concurrency, self._lease_ms, call_id]
         while True:
@@ -217,6 +230,12 @@ class VendorBudget:
                 raise
             if acquired:
                 return concurrency > 0
+            waited = time.monotonic() - started
+            # A rate limit says exactly when it frees up; a concurrency slot may free at any moment.
+            still = wait_ms / 1000 if by_rate else 0.0
+            if patience is not None and waited + still >= patience:
+                BUDGET_WAIT.labels(provider).observe(waited)
+                raise BudgetBusy(provider, waited)
             jitter = random.uniform(0, self._poll_seconds)  # waiters of one provider spread out
             if by_rate:  # exact: the oldest entry leaves the window then
                 await asyncio.sleep(wait_ms / 1000 + jitter)

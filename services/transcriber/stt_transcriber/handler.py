@@ -37,7 +37,7 @@ from stt_common.runner import Outcome
 from stt_common.s3 import ObjectNotFoundError, ObjectStore, chunk_audio_key, chunk_result_key
 from stt_common.transcript import ChunkTranscript, Segment
 from stt_transcriber import guard, timing
-from stt_transcriber.budget import VendorBudget
+from stt_transcriber.budget import BudgetBusy, VendorBudget
 from stt_transcriber.coverage import speech_gaps, speech_mask
 from stt_transcriber.pool import ProviderPool
 from stt_transcriber.settings import TranscriberSettings
@@ -67,6 +67,11 @@ FALLBACKS = Counter(
     "stt_provider_fallbacks_total",
     "Chunks moved to a job's next provider, by the provider that failed, the one tried next and why.",
     ["provider", "fallback", "error_code"],
+)
+DEFERRALS = Counter(
+    "stt_chunks_deferred_total",
+    "Chunks handed back to the queue because their vendor's budget stayed full (other replicas' calls).",
+    ["provider"],
 )
 # Failures another vendor may not share. Not auth_error (our configuration) nor invalid_audio (the
 # audio's fault, whoever transcribes it).
@@ -226,6 +231,21 @@ class TranscriberHandler:
                 except CancelledJobError:
                     await self._release(job.id, chunk.index)
                     return Outcome.OK
+                except BudgetBusy as busy:
+                    # The vendor's budget is taken by other replicas' calls: give the chunk back to
+                    # the queue instead of holding one of this replica's in-flight places (which
+                    # another provider's chunk can use meanwhile). Its trigger goes to the end of the
+                    # partition; the release keeps `attempts` a count of real tries.
+                    DEFERRALS.labels(busy.provider).inc()
+                    log.info("vendor budget busy, chunk handed back", provider=busy.provider)
+                    await self._release(job.id, chunk.index, tried=False)
+                    await self._producer.emit(
+                        Topic.CHUNKS_READY,
+                        Envelope.for_topic(
+                            Topic.CHUNKS_READY, job.id, producer=STAGE, chunk_index=chunk.index
+                        ),
+                    )
+                    return Outcome.OK
                 except _ChunkFailed as failed:
                     cause = failed.cause
                     code = classify(cause)
@@ -333,7 +353,7 @@ class TranscriberHandler:
             attempt = request if position == 0 else replace(request, model=fallback_model)
             try:
                 result, report = await self._best_attempt(provider, audio, attempt, job.id, duration)
-            except CancelledJobError:
+            except (CancelledJobError, BudgetBusy):
                 raise
             except Exception as exc:
                 code = classify(exc)
@@ -479,6 +499,8 @@ class TranscriberHandler:
                     result = await asyncio.wait_for(
                         provider.transcribe(audio, request), settings.provider_timeout_seconds
                     )
+            except BudgetBusy:
+                raise
             except Exception as exc:
                 seconds = time.perf_counter() - started
                 code = classify(exc)
@@ -504,7 +526,9 @@ class TranscriberHandler:
         raise AssertionError("unreachable")
 
     def _budget_slot(self, provider: str) -> contextlib.AbstractAsyncContextManager[float]:
-        return self._budget.slot(provider) if self._budget else contextlib.nullcontext(0.0)
+        if self._budget is None:
+            return contextlib.nullcontext(0.0)
+        return self._budget.slot(provider, patience=self._settings.budget_patience_seconds)
 
     async def _check_not_cancelled(self, job_id: uuid.UUID) -> None:
         job = await load_job(self._sessions, job_id)
@@ -569,14 +593,20 @@ class TranscriberHandler:
                     Envelope.for_topic(Topic.CHUNKS_READY, job.id, producer=STAGE, chunk_index=index + 1),
                 )
 
-    async def _release(self, job_id: uuid.UUID, index: int) -> None:
+    async def _release(self, job_id: uuid.UUID, index: int, *, tried: bool = True) -> None:
+        """Give a claimed chunk back (PENDING); `tried=False` when it goes back for want of a vendor
+        slot, which does not count as a try."""
         async with self._sessions() as session:
             await session.execute(
                 update(Chunk)
                 .where(
                     Chunk.job_id == job_id, Chunk.chunk_index == index, Chunk.status == ChunkStatus.PROCESSING
                 )
-                .values(status=ChunkStatus.PENDING, lease_expires_at=None)
+                .values(
+                    status=ChunkStatus.PENDING,
+                    lease_expires_at=None,
+                    attempts=Chunk.attempts if tried else Chunk.attempts - 1,
+                )
             )
             await session.commit()
 

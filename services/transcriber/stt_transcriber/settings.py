@@ -81,3 +81,9 @@ class TranscriberSettings(ProviderSettings):
         description="How long a concurrency slot outlives a replica that died holding it (renewed every "
         "third of it while held).",
     )
+    budget_patience_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="How long a chunk waits for its vendor's budget before it is handed back to the queue, "
+        "so that the replica's in-flight places go to other providers' chunks meanwhile.",
+    )
