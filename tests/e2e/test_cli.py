@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from stt_devstack.harness import ServiceProcess, wait_until
 from stt_ingest.keys import create_key
-from tests.fixtures.audio import librivox_wavs
+from tests.fixtures.audio import librivox_wavs, sine_wav
 from tests.helpers import free_port
 
 pytestmark = pytest.mark.slow
@@ -157,3 +157,25 @@ async def test_refusals_and_unreachable_servers_are_explained(api: tuple[str, st
     keyless = await stt(tmp_path, "list", url=url)
     assert keyless.returncode == 2
     assert "no API key" in keyless.stderr
+
+
+async def test_providers_and_a_fallback_the_server_has_not_configured(
+    api: tuple[str, str], tmp_path: Path
+) -> None:
+    url, key = api
+    listing = await stt(tmp_path, "providers", url=url, key=key)
+    assert listing.returncode == 0, listing.stderr
+    lines = {line.split()[0]: line for line in listing.stdout.splitlines()}
+    assert set(lines) == {"local", "openai", "gemini", "elevenlabs", "hispeech", "wavam"}
+    assert "configured" in lines["local"]
+    assert "(default)" in lines["local"]
+    assert "not configured" in lines["wavam"]
+    assert "estimated times" in lines["hispeech"]
+
+    audio = tmp_path / "tone.wav"
+    sine_wav(audio, 2.0)
+    refused = await stt(tmp_path, "submit", str(audio), "--fallback", "wavam", url=url, key=key)
+    assert refused.returncode == 3
+    assert "HTTP 422" in refused.stderr
+    assert "'wavam' is not configured on this deployment" in refused.stderr
+    assert "configured: local" in refused.stderr

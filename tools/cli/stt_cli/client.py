@@ -151,6 +151,9 @@ class SttClient:
     def job(self, job_id: str) -> dict[str, Any]:
         return dict(self._call("GET", f"/jobs/{job_id}", expect=(200,)).json())
 
+    def providers(self) -> dict[str, Any]:
+        return dict(self._call("GET", "/providers", expect=(200,)).json())
+
     def events(self, job_id: str) -> list[dict[str, Any]]:
         return list(self._call("GET", f"/jobs/{job_id}/events", expect=(200,)).json()["items"])
 

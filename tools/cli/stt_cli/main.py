@@ -60,6 +60,8 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
             options[name] = value
     if args.vocabulary:
         options["vocabulary"] = args.vocabulary
+    if args.fallback:
+        options["fallback_providers"] = args.fallback
     return options
 
 
@@ -186,6 +188,24 @@ def cmd_list(client: SttClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_providers(client: SttClient, args: argparse.Namespace) -> int:
+    listing = client.providers()
+    if args.json:
+        print(json.dumps(listing, indent=2))
+        return EXIT_OK
+    for item in listing["items"]:
+        state = "configured" if item["configured"] else "not configured"
+        default = " (default)" if item["default"] else ""
+        caps = item["capabilities"]
+        times = {"words": "word times", "segments": "segment times", "none": "estimated times"}
+        languages = ", ".join(caps["languages"]) if caps["languages"] else "many languages"
+        print(
+            f"{item['name']:<11} {state:<15} model {item['default_model']}{default}; "
+            f"{times[caps['timestamps']]}; {languages}"
+        )
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------------------------- parser
 
 
@@ -218,6 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--webhook-url", help="POSTed a signed notice when the job ends")
     submit.add_argument("--prompt", help="names and terms that help the provider")
     submit.add_argument("--vocabulary", action="append", help="a term; repeat for more")
+    submit.add_argument(
+        "--fallback",
+        action="append",
+        metavar="PROVIDER",
+        help="a provider tried for a chunk whose provider is down, rate limited or out of quota; "
+        "repeat for more, in order",
+    )
     submit.add_argument("--idempotency-key", help="resubmitting with the same key returns the same job")
     submit.add_argument("--wait", "-w", action="store_true", help="follow the job and print the result")
     _add_follow_options(submit)
@@ -248,6 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=help_text)
         command.add_argument("job_id")
         command.set_defaults(run=run)
+
+    providers = commands.add_parser("providers", help="the providers this server offers, configured or not")
+    providers.add_argument("--json", action="store_true", help="the API's whole answer")
+    providers.set_defaults(run=cmd_providers)
 
     listing = commands.add_parser("list", help="your jobs, newest first")
     listing.add_argument("--status", help="only jobs in this status, e.g. FAILED")
