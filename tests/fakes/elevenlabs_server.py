@@ -20,17 +20,10 @@ every answer, and a queue of scripted failures is consumed one per request, in o
 
 from __future__ import annotations
 
-import asyncio
-import io
 import json
 import math
-import threading
-import time
 import uuid
-import wave
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request, Response
@@ -38,7 +31,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 
-from tests.fakes.loopback import LoopbackFake
+from tests.fakes.loopback import FakeVendorState, LoopbackFake, wav_seconds
 
 MODELS = ("scribe_v1", "scribe_v1_experimental", "scribe_v2")
 MIN_AUDIO_SECONDS = 0.1
@@ -170,71 +163,15 @@ class RecordedRequest(BaseModel):
     status: int | None = None
 
 
-class FakeElevenLabsState:
-    """What the server shares with its controller (thread-safe: the server runs in its own thread)."""
+class FakeElevenLabsState(FakeVendorState[FakeConfig, Failure, RecordedRequest]):
+    """What the server shares with its controller: `FakeVendorState` and the word-list override."""
 
     def __init__(self, config: FakeConfig) -> None:
-        self.initial_config = config
-        self.config = config.model_copy()
+        super().__init__(config, RecordedRequest)
         self.transcript_for: TranscriptFor | None = None
-        self.stopping = threading.Event()
-        self._lock = threading.Lock()
-        self._failures: deque[Failure] = deque()
-        self._requests: list[RecordedRequest] = []
-        self._in_flight = 0
-        self.max_in_flight = 0
 
-    def reset(self) -> None:
-        with self._lock:
-            self.config = self.initial_config.model_copy()
-            self.transcript_for = None
-            self._failures.clear()
-            self._requests.clear()
-            self._in_flight = self.max_in_flight = 0
-
-    def configure(self, **changes: Any) -> FakeConfig:
-        with self._lock:
-            self.config = FakeConfig.model_validate({**self.config.model_dump(), **changes})
-            return self.config
-
-    def add_failures(self, failures: Sequence[Failure]) -> None:
-        with self._lock:
-            self._failures.extend(failures)
-
-    def next_failure(self) -> Failure | None:
-        with self._lock:
-            return self._failures.popleft() if self._failures else None
-
-    def pending_failures(self) -> list[Failure]:
-        with self._lock:
-            return list(self._failures)
-
-    def record(self, **fields: Any) -> RecordedRequest:
-        with self._lock:
-            recorded = RecordedRequest(index=len(self._requests), received_at=time.time(), **fields)
-            self._requests.append(recorded)
-            return recorded
-
-    def requests(self) -> list[RecordedRequest]:
-        with self._lock:
-            return [r.model_copy() for r in self._requests]
-
-    @contextmanager
-    def tracking(self) -> Iterator[None]:
-        with self._lock:
-            self._in_flight += 1
-            self.max_in_flight = max(self.max_in_flight, self._in_flight)
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._in_flight -= 1
-
-    async def sleep(self, seconds: float) -> None:
-        """Sleep, but stop early when the server shuts down (so hangs never block shutdown)."""
-        deadline = time.monotonic() + seconds
-        while not self.stopping.is_set() and (left := deadline - time.monotonic()) > 0:
-            await asyncio.sleep(min(left, 0.05))
+    def _reset(self) -> None:
+        self.transcript_for = None
 
 
 # --------------------------------------------------------------------------------- transcripts
@@ -297,15 +234,6 @@ def _failure_response(failure: Failure, api_key: str | None) -> Response:
     return _error(failure.status, detail, failure.headers)
 
 
-def _wav_seconds(data: bytes) -> float | None:
-    try:
-        with wave.open(io.BytesIO(data)) as w:
-            rate = w.getframerate()
-            return w.getnframes() / rate if rate > 0 else None
-    except (wave.Error, EOFError):
-        return None
-
-
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
@@ -334,7 +262,7 @@ def create_app(state: FakeElevenLabsState) -> FastAPI:
                 filename=upload.filename if isinstance(upload, UploadFile) else None,
                 content_type=upload.content_type if isinstance(upload, UploadFile) else None,
                 file_size=len(data),
-                audio_seconds=_wav_seconds(data) if data else None,
+                audio_seconds=wav_seconds(data) if data else None,
                 fields=sorted(set(form.keys())),
                 failure=failure.kind if failure else None,
             )

@@ -28,17 +28,12 @@ A queue of scripted failures is consumed in order, each by the next request to i
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import io
 import json
 import math
-import threading
 import time
 import uuid
-import wave
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
@@ -47,7 +42,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from tests.fakes.loopback import LoopbackFake
+from tests.fakes.loopback import FakeVendorState, LoopbackFake, wav_seconds
 
 API_VERSION = "v1beta"
 # Google's documented limit of a whole generateContent request (inline data included).
@@ -378,68 +373,20 @@ class FakeFile(BaseModel):
 # ------------------------------------------------------------------------------------------- state
 
 
-class FakeGeminiState:
-    """What the server shares with the test (thread-safe: the server runs in its own thread and loop)."""
+class FakeGeminiState(FakeVendorState[FakeConfig, Failure, RecordedRequest]):
+    """What the server shares with the test: `FakeVendorState` (failures queued per endpoint), the
+    transcript override, and the Files API's files and unfinished uploads."""
 
     def __init__(self, config: FakeConfig | None = None) -> None:
-        self.initial_config = config or FakeConfig()
-        self.config = self.initial_config.model_copy()
+        super().__init__(config or FakeConfig(), RecordedRequest)
         self.transcript_for: TranscriptFor | None = None
-        self.stopping = threading.Event()
-        self._lock = threading.Lock()
-        self._failures: deque[Failure] = deque()
-        self._requests: list[RecordedRequest] = []
         self.files: dict[str, FakeFile] = {}
         self.uploads: dict[str, FakeFile] = {}
 
-    def reset(self) -> None:
-        with self._lock:
-            self.config = self.initial_config.model_copy()
-            self.transcript_for = None
-            self._failures.clear()
-            self._requests.clear()
-            self.files.clear()
-            self.uploads.clear()
-
-    def configure(self, **changes: Any) -> FakeConfig:
-        with self._lock:
-            self.config = FakeConfig.model_validate({**self.config.model_dump(), **changes})
-            return self.config
-
-    def add_failures(self, failures: Sequence[Failure]) -> None:
-        with self._lock:
-            self._failures.extend(failures)
-
-    def pending_failures(self) -> list[Failure]:
-        with self._lock:
-            return list(self._failures)
-
-    def next_failure(self, endpoint: Endpoint) -> Failure | None:
-        with self._lock:
-            for failure in self._failures:
-                if failure.endpoint == endpoint:
-                    self._failures.remove(failure)
-                    return failure
-            return None
-
-    def record(self, **fields: Any) -> RecordedRequest:
-        with self._lock:
-            recorded = RecordedRequest(index=len(self._requests), received_at=time.time(), **fields)
-            self._requests.append(recorded)
-            return recorded
-
-    def requests(self) -> list[RecordedRequest]:
-        with self._lock:
-            return [r.model_copy() for r in self._requests]
-
-    async def sleep(self, seconds: float) -> None:
-        """Sleep, but stop early when the server shuts down (so hangs never block shutdown)."""
-        deadline = time.monotonic() + seconds
-        while not self.stopping.is_set():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            await asyncio.sleep(min(left, 0.05))
+    def _reset(self) -> None:
+        self.transcript_for = None
+        self.files.clear()
+        self.uploads.clear()
 
 
 # ------------------------------------------------------------------------------------- transcripts
@@ -456,15 +403,6 @@ def default_script(duration: float, config: FakeConfig) -> list[ScriptSegment]:
         start = k * config.segment_seconds
         script.append((start, min(start + config.segment_seconds, duration), " ".join(words)))
     return script
-
-
-def _wav_seconds(data: bytes) -> float | None:
-    try:
-        with wave.open(io.BytesIO(data)) as w:
-            rate = w.getframerate()
-            return w.getnframes() / rate if rate > 0 else None
-    except (wave.Error, EOFError):
-        return None
 
 
 def _r(t: float | str) -> float | str:
@@ -621,7 +559,7 @@ def create_app(state: FakeGeminiState, base_url: Callable[[], str]) -> FastAPI:
                 generation_config=config if isinstance(config, dict) else {},
             )
         if audio is not None:
-            fields.update(audio_bytes=len(audio), audio_seconds=_wav_seconds(audio))
+            fields.update(audio_bytes=len(audio), audio_seconds=wav_seconds(audio))
         failure = state.next_failure("generate")
         recorded = state.record(
             endpoint="generate",

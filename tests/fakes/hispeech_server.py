@@ -43,18 +43,11 @@ consumed one per request, in order.
 
 from __future__ import annotations
 
-import asyncio
-import io
 import json
 import math
 import random
-import threading
-import time
 import uuid
-import wave
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request, Response
@@ -62,7 +55,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 
-from tests.fakes.loopback import LoopbackFake
+from tests.fakes.loopback import FakeVendorState, LoopbackFake, wav_seconds
 
 UPLOAD_PATH = "/api/v1/transcriptions/upload"
 FORMAL_MODEL = "model-01052025"
@@ -193,72 +186,17 @@ class RecordedRequest(BaseModel):
         return (self.wait_for_result or "").strip().lower() in _TRUE
 
 
-class FakeHiSpeechState:
-    """What the server shares with its controller (thread-safe: the server runs in its own thread)."""
+class FakeHiSpeechState(FakeVendorState[FakeConfig, Failure, RecordedRequest]):
+    """What the server shares with its controller: `FakeVendorState` and the transcript override,
+    which `reset` puts back to the one the fake was built with."""
 
     def __init__(self, config: FakeConfig, transcript_for: TranscriptFor | None = None) -> None:
-        self.initial_config = config
+        super().__init__(config, RecordedRequest)
         self.initial_transcript_for = transcript_for
-        self.config = config.model_copy()
         self.transcript_for: TranscriptFor | None = transcript_for
-        self.stopping = threading.Event()
-        self._lock = threading.Lock()
-        self._failures: deque[Failure] = deque()
-        self._requests: list[RecordedRequest] = []
-        self._in_flight = 0
-        self.max_in_flight = 0
 
-    def reset(self) -> None:
-        with self._lock:
-            self.config = self.initial_config.model_copy()
-            self.transcript_for = self.initial_transcript_for
-            self._failures.clear()
-            self._requests.clear()
-            self._in_flight = self.max_in_flight = 0
-
-    def configure(self, **changes: Any) -> FakeConfig:
-        with self._lock:
-            self.config = FakeConfig.model_validate({**self.config.model_dump(), **changes})
-            return self.config
-
-    def add_failures(self, failures: Sequence[Failure]) -> None:
-        with self._lock:
-            self._failures.extend(failures)
-
-    def next_failure(self) -> Failure | None:
-        with self._lock:
-            return self._failures.popleft() if self._failures else None
-
-    def pending_failures(self) -> list[Failure]:
-        with self._lock:
-            return list(self._failures)
-
-    def record(self, **fields: Any) -> RecordedRequest:
-        with self._lock:
-            recorded = RecordedRequest(index=len(self._requests), received_at=time.time(), **fields)
-            self._requests.append(recorded)
-            return recorded
-
-    def requests(self) -> list[RecordedRequest]:
-        with self._lock:
-            return [r.model_copy() for r in self._requests]
-
-    @contextmanager
-    def tracking(self) -> Iterator[None]:
-        with self._lock:
-            self._in_flight += 1
-            self.max_in_flight = max(self.max_in_flight, self._in_flight)
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._in_flight -= 1
-
-    async def sleep(self, seconds: float) -> None:
-        """Sleep, but stop early when the server shuts down (so hangs never block shutdown)."""
-        deadline = time.monotonic() + seconds
-        while not self.stopping.is_set() and (left := deadline - time.monotonic()) > 0:
-            await asyncio.sleep(min(left, 0.05))
+    def _reset(self) -> None:
+        self.transcript_for = self.initial_transcript_for
 
 
 # --------------------------------------------------------------------------------- answers
@@ -318,15 +256,6 @@ def _failure_response(failure: Failure, call: RecordedRequest) -> Response:
     return JSONResponse(body, failure.status, headers=failure.headers)
 
 
-def _wav_seconds(data: bytes) -> float | None:
-    try:
-        with wave.open(io.BytesIO(data)) as w:
-            rate = w.getframerate()
-            return w.getnframes() / rate if rate > 0 else None
-    except (wave.Error, EOFError):
-        return None
-
-
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
@@ -366,7 +295,7 @@ def create_app(state: FakeHiSpeechState) -> FastAPI:
                 filename=upload.filename if isinstance(upload, UploadFile) else None,
                 content_type=upload.content_type if isinstance(upload, UploadFile) else None,
                 file_size=len(data),
-                audio_seconds=_wav_seconds(data) if data else None,
+                audio_seconds=wav_seconds(data) if data else None,
                 fields=sorted(set(form.keys())),
                 query=query,
                 failure=failure.kind if failure else None,

@@ -1,17 +1,29 @@
 """Serving a fake vendor: its ASGI app under uvicorn on 127.0.0.1 only, in a thread of the test process
-(or in the foreground of a process of its own), with scripted hangs ended at once on stop."""
+(or in the foreground of a process of its own), with scripted hangs ended at once on stop; and the
+state every fake vendor keeps (config, scripted failures, recorded requests), written once here."""
 
 from __future__ import annotations
 
+import asyncio
+import io
 import socket
 import threading
 import time
+import wave
+from collections import deque
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from types import FrameType
-from typing import Any, Self
+from typing import Any, Generic, Self, TypeVar
 
 import uvicorn
+from pydantic import BaseModel
 
 HOST = "127.0.0.1"
+
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
+FailureT = TypeVar("FailureT", bound=BaseModel)
+RequestT = TypeVar("RequestT", bound=BaseModel)
 
 
 def bind_loopback(host: str = HOST, port: int = 0) -> socket.socket:
@@ -82,8 +94,8 @@ class ThreadedServer:
 
 class LoopbackFake:
     """What every in-process fake vendor does besides speaking its API: serve on loopback from a thread,
-    stop, and be scripted. A subclass sets `state` (with `stopping`, a failure queue, `configure`,
-    `reset` and `transcript_for`) before calling `__init__`, and builds its ASGI app in `app()`."""
+    stop, and be scripted. A subclass sets `state` (a `FakeVendorState` with a `transcript_for`) before
+    calling `__init__`, and builds its ASGI app in `app()`."""
 
     name = "fake-vendor"
     state: Any
@@ -139,3 +151,105 @@ class LoopbackFake:
     @transcript_for.setter
     def transcript_for(self, fn: Any) -> None:
         self.state.transcript_for = fn
+
+
+class FakeVendorState(Generic[ConfigT, FailureT, RequestT]):
+    """What a fake's server shares with its controller, the part every vendor has (thread-safe: the
+    server runs in its own thread). A subclass adds its own fields (and its `transcript_for`, whose
+    signature is the vendor's) and restores them in `_reset`.
+
+    `RequestT` must take `index` and `received_at`: `record(**fields)` numbers and stamps each request.
+    A fake with several endpoints gives its failures an `endpoint` field and asks
+    `next_failure(endpoint)`; the queue stays one, so `pending_failures()` keeps the order they came in.
+    """
+
+    def __init__(self, config: ConfigT, request_model: type[RequestT]) -> None:
+        self.initial_config = config
+        self.config = config.model_copy()
+        self.stopping = threading.Event()
+        self.max_in_flight = 0
+        self._request_model = request_model
+        self._lock = threading.Lock()
+        self._failures: deque[FailureT] = deque()
+        self._requests: list[RequestT] = []
+        self._in_flight = 0
+
+    def reset(self) -> None:
+        """Back to the start-up config, with no failures, requests or counts (and `_reset`'s extras)."""
+        with self._lock:
+            self.config = self.initial_config.model_copy()
+            self._failures.clear()
+            self._requests.clear()
+            self._in_flight = self.max_in_flight = 0
+            self._reset()
+
+    def _reset(self) -> None:
+        """A subclass's own fields back to their start (called by `reset`, holding the lock)."""
+
+    def configure(self, **changes: Any) -> ConfigT:
+        """A partial update, validated as a whole (so a bad value raises and leaves the config as it was)."""
+        with self._lock:
+            self.config = type(self.config).model_validate({**self.config.model_dump(), **changes})
+            return self.config
+
+    def add_failures(self, failures: Iterable[FailureT], *, replace: bool = False) -> None:
+        with self._lock:
+            if replace:
+                self._failures.clear()
+            self._failures.extend(failures)
+
+    def next_failure(self, endpoint: str | None = None) -> FailureT | None:
+        """The first queued failure (for `endpoint` when given; those for others stay queued, in order)."""
+        with self._lock:
+            for i, failure in enumerate(self._failures):
+                if endpoint is None or getattr(failure, "endpoint", None) == endpoint:
+                    del self._failures[i]
+                    return failure
+            return None
+
+    def pending_failures(self) -> list[FailureT]:
+        with self._lock:
+            return list(self._failures)
+
+    def record(self, **fields: Any) -> RequestT:
+        """Store a request. The stored object is returned, so a `status` set later shows in `requests()`."""
+        with self._lock:
+            recorded = self._request_model(index=len(self._requests), received_at=time.time(), **fields)
+            self._requests.append(recorded)
+            return recorded
+
+    def requests(self) -> list[RequestT]:
+        with self._lock:
+            return [r.model_copy() for r in self._requests]
+
+    def clear_requests(self) -> None:
+        with self._lock:
+            self._requests.clear()
+
+    @contextmanager
+    def tracking(self) -> Iterator[None]:
+        """Count the request as in flight while inside (`max_in_flight`: the most at once)."""
+        with self._lock:
+            self._in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self._in_flight)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep, but stop early when the server shuts down (so hangs never block shutdown)."""
+        deadline = time.monotonic() + seconds
+        while not self.stopping.is_set() and (left := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(left, 0.05))
+
+
+def wav_seconds(data: bytes) -> float | None:
+    """The duration of a WAV upload, or None when it is not a readable WAV (the fakes measure no other)."""
+    try:
+        with wave.open(io.BytesIO(data)) as w:
+            rate = w.getframerate()
+            return w.getnframes() / rate if rate > 0 else None
+    except (wave.Error, EOFError):
+        return None

@@ -38,19 +38,13 @@ HTTP control interface (JSON):
 from __future__ import annotations
 
 import argparse
-import asyncio
-import io
 import json
 import math
 import os
 import subprocess
 import sys
-import threading
 import time
-import wave
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -61,7 +55,14 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 
-from tests.fakes.loopback import HOST, LoopbackFake, StoppableServer, bind_loopback
+from tests.fakes.loopback import (
+    HOST,
+    FakeVendorState,
+    LoopbackFake,
+    StoppableServer,
+    bind_loopback,
+    wav_seconds,
+)
 
 URL_LINE_PREFIX = "FAKE_OPENAI_URL="
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -258,87 +259,22 @@ class Stats(BaseModel):
 # -------------------------------------------------------------------------------------- state
 
 
-class FakeOpenAIState:
-    """Everything the server shares with its controllers (thread-safe: the server runs in its own loop)."""
+class FakeOpenAIState(FakeVendorState[FakeConfig, Failure, RecordedRequest]):
+    """Everything the server shares with its controllers: `FakeVendorState`, the transcript override
+    and the stats the `/_control` interface reports."""
 
     def __init__(self, config: FakeConfig | None = None) -> None:
-        self.initial_config = config or FakeConfig()
-        self.config = self.initial_config.model_copy()
+        super().__init__(config or FakeConfig(), RecordedRequest)
         self.transcript_for: TranscriptFor | None = None
-        self.stopping = threading.Event()
-        self._lock = threading.Lock()
-        self._failures: deque[Failure] = deque()
-        self._requests: list[RecordedRequest] = []
-        self._in_flight = 0
-        self._max_in_flight = 0
 
-    def reset(self) -> None:
-        with self._lock:
-            self.config = self.initial_config.model_copy()
-            self.transcript_for = None
-            self._failures.clear()
-            self._requests.clear()
-            self._in_flight = 0
-            self._max_in_flight = 0
-
-    def configure(self, **changes: Any) -> FakeConfig:
-        with self._lock:
-            self.config = FakeConfig.model_validate({**self.config.model_dump(), **changes})
-            return self.config
-
-    def add_failures(self, failures: Sequence[Failure], *, replace: bool = False) -> None:
-        with self._lock:
-            if replace:
-                self._failures.clear()
-            self._failures.extend(failures)
-
-    def pending_failures(self) -> list[Failure]:
-        with self._lock:
-            return list(self._failures)
-
-    def next_failure(self) -> Failure | None:
-        with self._lock:
-            return self._failures.popleft() if self._failures else None
-
-    def record(self, **fields: Any) -> RecordedRequest:
-        with self._lock:
-            recorded = RecordedRequest(index=len(self._requests), received_at=time.time(), **fields)
-            self._requests.append(recorded)
-            return recorded
-
-    def requests(self) -> list[RecordedRequest]:
-        with self._lock:
-            return [r.model_copy() for r in self._requests]
-
-    def clear_requests(self) -> None:
-        with self._lock:
-            self._requests.clear()
+    def _reset(self) -> None:
+        self.transcript_for = None
 
     def stats(self) -> Stats:
         with self._lock:
             return Stats(
-                requests=len(self._requests), in_flight=self._in_flight, max_in_flight=self._max_in_flight
+                requests=len(self._requests), in_flight=self._in_flight, max_in_flight=self.max_in_flight
             )
-
-    @contextmanager
-    def tracking(self) -> Iterator[None]:
-        with self._lock:
-            self._in_flight += 1
-            self._max_in_flight = max(self._max_in_flight, self._in_flight)
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._in_flight -= 1
-
-    async def sleep(self, seconds: float) -> None:
-        """Sleep, but stop early when the server shuts down (so hangs never block shutdown)."""
-        deadline = time.monotonic() + seconds
-        while not self.stopping.is_set():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            await asyncio.sleep(min(left, 0.05))
 
 
 # --------------------------------------------------------------------------------- transcripts
@@ -537,15 +473,6 @@ def _form_str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _wav_seconds(data: bytes) -> float | None:
-    try:
-        with wave.open(io.BytesIO(data)) as w:
-            rate = w.getframerate()
-            return w.getnframes() / rate if rate > 0 else None
-    except (wave.Error, EOFError):
-        return None
-
-
 def create_app(state: FakeOpenAIState) -> FastAPI:
     app = FastAPI(title="fake OpenAI audio API", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -560,7 +487,7 @@ def create_app(state: FakeOpenAIState) -> FastAPI:
         form = await request.form()
         upload = form.get("file")
         data = await upload.read() if isinstance(upload, UploadFile) else b""
-        audio_seconds = _wav_seconds(data) if data else None
+        audio_seconds = wav_seconds(data) if data else None
         granularities = [
             g for key in ("timestamp_granularities[]", "timestamp_granularities") for g in form.getlist(key)
         ]

@@ -56,16 +56,10 @@ queued per endpoint (transcribe_audio unless `Failure.on(...)` says otherwise) a
 
 from __future__ import annotations
 
-import asyncio
-import io
 import json
 import math
-import threading
-import time
-import wave
-from collections import Counter, deque
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections import Counter
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request, Response
@@ -73,7 +67,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 
-from tests.fakes.loopback import LoopbackFake
+from tests.fakes.loopback import FakeVendorState, LoopbackFake, wav_seconds
 
 Endpoint = Literal["transcribe_audio", "get_projects", "add_project"]
 ENDPOINTS: tuple[Endpoint, ...] = ("transcribe_audio", "get_projects", "add_project")
@@ -211,19 +205,14 @@ class RecordedRequest(BaseModel):
     status: int | None = None
 
 
-class FakeWavAmState:
-    """What the server shares with its controller (thread-safe: the server runs in its own thread)."""
+class FakeWavAmState(FakeVendorState[FakeConfig, Failure, RecordedRequest]):
+    """What the server shares with its controller: `FakeVendorState` (failures queued per endpoint),
+    the calls each endpoint received and the projects. `transcript_for` lives in the config, so that
+    `configure` and `reset` cover it like any other setting."""
 
     def __init__(self, config: FakeConfig) -> None:
-        self.initial_config = config
-        self.config = config.model_copy()
-        self.stopping = threading.Event()
-        self._lock = threading.Lock()
-        self._failures: deque[Failure] = deque()
-        self._requests: list[RecordedRequest] = []
+        super().__init__(config, RecordedRequest)
         self._calls: Counter[str] = Counter()
-        self._in_flight = 0
-        self.max_in_flight = 0
         self._projects: list[dict[str, Any]] = []
         self._next_id = FIRST_PROJECT_ID
         self._seed()
@@ -234,6 +223,10 @@ class FakeWavAmState:
         for name in self.config.seed_projects:
             self._create_project(name)
 
+    def _reset(self) -> None:
+        self._calls.clear()
+        self._seed()
+
     @property
     def transcript_for(self) -> TranscriptFor | None:
         return self.config.transcript_for
@@ -243,37 +236,6 @@ class FakeWavAmState:
         with self._lock:
             self.config = self.config.model_copy(update={"transcript_for": fn})
 
-    def reset(self) -> None:
-        with self._lock:
-            self.config = self.initial_config.model_copy()
-            self._failures.clear()
-            self._requests.clear()
-            self._calls.clear()
-            self._in_flight = self.max_in_flight = 0
-            self._seed()
-
-    def configure(self, **changes: Any) -> FakeConfig:
-        with self._lock:
-            self.config = FakeConfig.model_validate({**self.config.model_dump(), **changes})
-            return self.config
-
-    def add_failures(self, failures: Sequence[Failure]) -> None:
-        with self._lock:
-            self._failures.extend(failures)
-
-    def next_failure(self, endpoint: Endpoint) -> Failure | None:
-        """The first queued failure for `endpoint` (those for other endpoints stay queued, in order)."""
-        with self._lock:
-            for failure in self._failures:
-                if failure.endpoint == endpoint:
-                    self._failures.remove(failure)
-                    return failure
-            return None
-
-    def pending_failures(self) -> list[Failure]:
-        with self._lock:
-            return list(self._failures)
-
     def count(self, endpoint: Endpoint) -> None:
         with self._lock:
             self._calls[endpoint] += 1
@@ -281,16 +243,6 @@ class FakeWavAmState:
     def calls(self) -> dict[str, int]:
         with self._lock:
             return {endpoint: self._calls[endpoint] for endpoint in ENDPOINTS}
-
-    def record(self, **fields: Any) -> RecordedRequest:
-        with self._lock:
-            recorded = RecordedRequest(index=len(self._requests), received_at=time.time(), **fields)
-            self._requests.append(recorded)
-            return recorded
-
-    def requests(self) -> list[RecordedRequest]:
-        with self._lock:
-            return [r.model_copy() for r in self._requests]
 
     def _create_project(self, name: str) -> dict[str, Any]:
         project = {"id": self._next_id, "name": name}
@@ -313,23 +265,6 @@ class FakeWavAmState:
             return False
         with self._lock:
             return any(p["id"] == wanted for p in self._projects)
-
-    @contextmanager
-    def tracking(self) -> Iterator[None]:
-        with self._lock:
-            self._in_flight += 1
-            self.max_in_flight = max(self.max_in_flight, self._in_flight)
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._in_flight -= 1
-
-    async def sleep(self, seconds: float) -> None:
-        """Sleep, but stop early when the server shuts down (so hangs never block shutdown)."""
-        deadline = time.monotonic() + seconds
-        while not self.stopping.is_set() and (left := deadline - time.monotonic()) > 0:
-            await asyncio.sleep(min(left, 0.05))
 
 
 # --------------------------------------------------------------------------------- transcripts
@@ -403,15 +338,6 @@ def _auth_error(authorization: str | None, config: FakeConfig) -> Response | Non
     return None
 
 
-def _wav_seconds(data: bytes) -> float | None:
-    try:
-        with wave.open(io.BytesIO(data)) as w:
-            rate = w.getframerate()
-            return w.getnframes() / rate if rate > 0 else None
-    except (wave.Error, EOFError):
-        return None
-
-
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
@@ -438,7 +364,7 @@ def create_app(state: FakeWavAmState) -> FastAPI:
             data = await upload.read() if isinstance(upload, UploadFile) else b""
             authorization = request.headers.get("authorization")
             failure_for = state.config.failure_for
-            chosen = failure_for(_wav_seconds(data) or 0.0, data) if failure_for and data else None
+            chosen = failure_for(wav_seconds(data) or 0.0, data) if failure_for and data else None
             failure = chosen or state.next_failure("transcribe_audio")
             recorded = state.record(
                 endpoint="transcribe_audio",
@@ -451,7 +377,7 @@ def create_app(state: FakeWavAmState) -> FastAPI:
                 filename=upload.filename if isinstance(upload, UploadFile) else None,
                 content_type=upload.content_type if isinstance(upload, UploadFile) else None,
                 size=len(data),
-                duration=_wav_seconds(data) if data else None,
+                duration=wav_seconds(data) if data else None,
                 fields=sorted(set(form.keys())),
                 failure=failure.kind if failure else None,
             )

@@ -25,6 +25,7 @@ from stt_transcriber.providers.gemini import GeminiBlockedError, GeminiProvider,
 from stt_transcriber.providers.vendor import VendorRequestError
 from tests.fakes.gemini_server import Failure, FakeGemini
 from tests.fixtures.audio import sine_wav
+from tests.integration.providers.conftest import assert_no_key
 
 API_KEY = "AIzaSyTEST0123456789abcdefSECRET"
 
@@ -57,22 +58,6 @@ async def files_provider(fake: FakeGemini) -> AsyncIterator[GeminiProvider]:
     )
     yield p
     await p.aclose()
-
-
-@pytest.fixture(scope="module")
-def audio(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return sine_wav(tmp_path_factory.mktemp("gemini") / "chunk-0007.wav", 12.0)
-
-
-@pytest.fixture(scope="module")
-def short_audio(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return sine_wav(tmp_path_factory.mktemp("gemini") / "short.wav", 1.0)
-
-
-def _assert_no_key(exc: BaseException) -> None:
-    for text in (str(exc), repr(exc), getattr(exc, "message", "")):
-        assert API_KEY not in text
-        assert "0123456789abcdef" not in text
 
 
 # ---------------------------------------------------------------------------------------- success
@@ -358,7 +343,7 @@ async def test_http_errors_are_typed(
     assert fragment in err.message
     assert "\n" not in err.message
     assert err.__cause__ is None  # the vendor's unredacted error is not chained into tracebacks
-    _assert_no_key(err)
+    assert_no_key(err, API_KEY)
     # One request: the SDK does not retry by itself; the next call is answered normally.
     assert len(fake.requests()) == 1
     assert (await provider.transcribe(short_audio, ProviderRequest())).text == "w0 w1"

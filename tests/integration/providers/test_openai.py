@@ -32,6 +32,7 @@ from stt_transcriber.providers.openai import (
 from stt_transcriber.providers.vendor import context_prompt
 from tests.fakes.openai_server import Failure, FakeOpenAI, FakeOpenAIProcess
 from tests.fixtures.audio import sine_wav
+from tests.integration.providers.conftest import assert_no_key
 
 API_KEY = "sk-test-0123456789abcdefSECRET"
 
@@ -52,22 +53,6 @@ async def provider(fake: FakeOpenAI) -> AsyncIterator[OpenAIProvider]:
     p = OpenAIProvider(api_key=API_KEY, base_url=fake.base_url, model="whisper-1", timeout=5.0)
     yield p
     await p.aclose()
-
-
-@pytest.fixture(scope="module")
-def audio(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return sine_wav(tmp_path_factory.mktemp("openai") / "chunk-0007.wav", 12.0)
-
-
-@pytest.fixture(scope="module")
-def short_audio(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return sine_wav(tmp_path_factory.mktemp("openai") / "short.wav", 1.0)
-
-
-def _assert_no_key(exc: BaseException) -> None:
-    for text in (str(exc), repr(exc), getattr(exc, "message", "")):
-        assert API_KEY not in text
-        assert "0123456789abcdef" not in text
 
 
 # ---------------------------------------------------------------------------------------- success
@@ -220,7 +205,7 @@ async def test_auth_errors(
     assert not is_transient(err)
     assert classify(err) is ErrorCode.AUTH_ERROR
     assert f"HTTP {failure.status}" in err.message
-    _assert_no_key(err)
+    assert_no_key(err, API_KEY)
     assert err.__cause__ is None  # the vendor's unredacted error is not chained into tracebacks
 
 
@@ -235,7 +220,7 @@ async def test_rate_limited_with_retry_after_seconds(
     assert err.transient
     assert classify(err) is ErrorCode.RATE_LIMITED
     assert "HTTP 429 rate_limit_exceeded" in err.message
-    _assert_no_key(err)
+    assert_no_key(err, API_KEY)
     # The queue is used up: the next call succeeds.
     assert (await provider.transcribe(short_audio, ProviderRequest())).text == "w0 w1"
     assert [r.status for r in fake.requests()] == [429, 200]
