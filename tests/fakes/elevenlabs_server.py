@@ -343,10 +343,6 @@ class FakeElevenLabs(LoopbackFake):
     def app(self) -> FastAPI:
         return create_app(self.state)
 
-    @property
-    def base_url(self) -> str:
-        return self.url
-
     def requests(self) -> list[RecordedRequest]:
         return self.state.requests()
 

@@ -743,10 +743,6 @@ class FakeGemini(LoopbackFake):
     def app(self) -> FastAPI:
         return create_app(self.state, lambda: self.url)
 
-    @property
-    def base_url(self) -> str:
-        return self.url
-
     def requests(self, endpoint: Endpoint | None = None) -> list[RecordedRequest]:
         return [r for r in self.state.requests() if endpoint is None or r.endpoint == endpoint]
 

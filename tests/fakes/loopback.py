@@ -113,6 +113,11 @@ class LoopbackFake:
     def url(self) -> str:
         return f"http://{HOST}:{self.port}"
 
+    @property
+    def base_url(self) -> str:
+        """What a provider is given as its base URL (the vendor's API root)."""
+        return self.url
+
     def start(self) -> Self:
         self._server = ThreadedServer(
             self.app(), self.state.stopping, name=self.name, port=self._port, log_level=self._log_level

@@ -36,7 +36,7 @@ class VendorCase:
     def provider(self, fake: LoopbackFake | None, **overrides: Any) -> RemoteProvider[Any]:
         config: dict[str, Any] = {"api_key": API_KEY, "timeout": 5.0}
         if fake is not None:
-            config["base_url"] = fake.base_url  # type: ignore[attr-defined]
+            config["base_url"] = fake.base_url
         return self.adapter(**{**config, **overrides})
 
     def __str__(self) -> str:

@@ -183,18 +183,18 @@ async def test_no_key_is_an_auth_error_before_any_request(
     case: VendorCase, fake: LoopbackFake, audio: Path
 ) -> None:
     # An OpenAI-compatible server (a base URL) may need no key; OpenAI's own API does.
-    base_url = None if case.name == "openai" else fake.base_url  # type: ignore[attr-defined]
+    base_url = None if case.name == "openai" else fake.base_url
     p = case.adapter(api_key=None, base_url=base_url)
     with pytest.raises(AuthError, match=f"STT_{case.name.upper()}_API_KEY"):
         await p.transcribe(audio, ProviderRequest())
-    assert fake.requests() == []  # type: ignore[attr-defined]
+    assert fake.requests() == []
 
 
 async def test_built_from_settings_with_the_vendors_own_variable(
     case: VendorCase, fake: LoopbackFake, audio: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(case.vendor_env, API_KEY)
-    monkeypatch.setenv(f"STT_{case.name.upper()}_BASE_URL", fake.base_url)  # type: ignore[attr-defined]
+    monkeypatch.setenv(f"STT_{case.name.upper()}_BASE_URL", fake.base_url)
     settings = TranscriberSettings(development=True)
     assert settings.provider_configured(case.name)
     pool = ProviderPool(settings)
