@@ -128,7 +128,14 @@ async def test_a_job_that_fails_says_why_and_what_next(api: tuple[str, str], tmp
     failed = await stt(tmp_path, "submit", str(bogus), "--wait", "--interval", "0.2", url=url, key=key)
     assert failed.returncode == 1, failed.stderr
     assert "ended FAILED: invalid_audio" in failed.stderr
-    assert "stt retry" in failed.stderr
+    # What fits this error: another file, not another try of the same bytes.
+    assert "re-encoded file" in failed.stderr
+    assert "retry" not in failed.stderr.replace("retrying would fail", "")
+    job_id = failed.stderr.split("job ", 1)[1].split()[0]
+    again = await stt(tmp_path, "retry", job_id, url=url, key=key)
+    assert again.returncode == 3
+    assert "HTTP 409" in again.stderr
+    assert "job_not_retryable" in again.stderr
     assert failed.stdout == "", "no transcript for a failed job"
 
 

@@ -30,6 +30,7 @@ from stt_common.db.models import (
     WebhookAttempt,
     WebhookDelivery,
 )
+from stt_common.errors import next_step
 from stt_common.kafka import EventProducer
 from stt_common.messages import Envelope, Topic
 from stt_common.s3 import ObjectStore, job_prefix, original_key, result_key
@@ -225,7 +226,12 @@ async def test_a_receiver_failing_three_times_then_answering(
     assert [r.answered for r in requests] == [500, 502, 503, 200]
     assert len({r.event_id for r in requests}) == 1
     assert all(r.verified for r in requests)
-    assert requests[-1].payload["error"] == {"code": "timeout", "message": "slow"}
+    assert requests[-1].payload["error"] == {
+        "code": "timeout",
+        "message": "slow",
+        "next_step": next_step("timeout", job_id),
+        "retryable": True,
+    }
 
 
 async def test_a_receiver_answering_410_is_not_called_again(

@@ -96,3 +96,35 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, SttError):
         return exc.transient
     return classify(exc) in (ErrorCode.TIMEOUT, ErrorCode.PROVIDER_UNAVAILABLE)
+
+
+# What the client can do about a job that ended with each code: shown by the API (`error.next_step`),
+# the CLI and the webhook payload, so every error says what comes next.
+_RETRY = "`POST /api/v1/jobs/{id}/retry` (`stt retry {id}`) redoes only the unfinished chunks"
+NEXT_STEPS: dict[ErrorCode, str] = {
+    ErrorCode.RATE_LIMITED: f"The provider kept refusing for its rate limit: {_RETRY} later, or submit "
+    "with fallback_providers.",
+    ErrorCode.TIMEOUT: f"The provider did not answer in time: {_RETRY}.",
+    ErrorCode.PROVIDER_UNAVAILABLE: f"The provider was unreachable or failing: {_RETRY} later, or submit "
+    "with fallback_providers.",
+    ErrorCode.QUOTA_EXCEEDED: "The provider account is out of credit: ask the operator to top it up, "
+    f"then {_RETRY}; or submit with another provider.",
+    ErrorCode.AUTH_ERROR: "The server's key for this provider was refused: ask the operator to fix it "
+    f"(GET /api/v1/providers lists what is configured), then {_RETRY}.",
+    ErrorCode.INVALID_AUDIO: "The file cannot be transcribed as it is (retrying would fail the same "
+    "way): check that it plays and holds speech, then submit a repaired or re-encoded file.",
+    ErrorCode.STALLED: f"The job stopped making progress and was ended: {_RETRY}.",
+    ErrorCode.CANCELLED: f"The job was cancelled: {_RETRY} to resume it.",
+    ErrorCode.UNKNOWN: f"An unexpected error: {_RETRY}; if it fails again, report the job id.",
+}
+# Codes whose job another try cannot fix: the same bytes fail the same way.
+NOT_RETRYABLE = frozenset({ErrorCode.INVALID_AUDIO})
+
+
+def next_step(code: str, job_id: object = "{id}") -> str:
+    """The next step for a job's stored error code (an unknown code reads as `unknown`)."""
+    try:
+        text = NEXT_STEPS[ErrorCode(code)]
+    except ValueError:
+        text = NEXT_STEPS[ErrorCode.UNKNOWN]
+    return text.replace("{id}", str(job_id))

@@ -30,7 +30,7 @@ from stt_common.db.models import (
     JobEvent,
     JobStatus,
 )
-from stt_common.errors import ErrorCode
+from stt_common.errors import NOT_RETRYABLE, ErrorCode, next_step
 from stt_common.messages import Envelope, Topic
 from stt_common.s3 import job_prefix, original_key
 from stt_ingest.auth import Principal
@@ -74,7 +74,7 @@ def job_url(base_url: str, job_id: uuid.UUID) -> str:
     return f"{base_url}/api/v1/jobs/{job_id}"
 
 
-def job_links(base_url: str, job_id: uuid.UUID, status: JobStatus) -> JobLinks:
+def job_links(base_url: str, job_id: uuid.UUID, status: JobStatus, error_code: str | None = None) -> JobLinks:
     url = job_url(base_url, job_id)
     return JobLinks(
         self=url,
@@ -83,7 +83,7 @@ def job_links(base_url: str, job_id: uuid.UUID, status: JobStatus) -> JobLinks:
         if status == JobStatus.COMPLETED
         else None,
         cancel=f"{url}/cancel" if status in ACTIVE_JOB_STATUSES else None,
-        retry=f"{url}/retry" if status in RETRYABLE else None,
+        retry=f"{url}/retry" if status in RETRYABLE and error_code not in NOT_RETRYABLE else None,
     )
 
 
@@ -111,7 +111,16 @@ async def progress_of(session: AsyncSession, jobs: Sequence[Job]) -> dict[uuid.U
 
 def job_view(job: Job, progress: Progress, base_url: str) -> JobView:
     status = JobStatus(job.status)
-    error = JobErrorView(code=job.error_code, message=job.error_message) if job.error_code else None
+    error = (
+        JobErrorView(
+            code=job.error_code,
+            message=job.error_message,
+            next_step=next_step(job.error_code, job.id),
+            retryable=job.error_code not in NOT_RETRYABLE,
+        )
+        if job.error_code
+        else None
+    )
     return JobView(
         id=job.id,
         status=status,
@@ -134,7 +143,7 @@ def job_view(job: Job, progress: Progress, base_url: str) -> JobView:
         status_changed_at=job.status_changed_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
-        links=job_links(base_url, job.id, status),
+        links=job_links(base_url, job.id, status, job.error_code),
     )
 
 
@@ -282,6 +291,10 @@ async def retry_job(state: AppState, principal: Principal, job_id: uuid.UUID) ->
             409,
             "job_not_retryable",
             f"The job is {job.status}; only FAILED or CANCELLED jobs can be retried.",
+        )
+    if job.error_code in NOT_RETRYABLE:
+        raise ApiProblem(
+            409, "job_not_retryable", f"The job failed with {job.error_code}. {next_step(job.error_code)}"
         )
     has_original = await state.store.exists(original_key(job_id))
     if not has_original and not job.source_url:

@@ -165,6 +165,8 @@ class JobErrorView(BaseModel):
         "provider_unavailable, quota_exceeded, stalled, cancelled, unknown."
     )
     message: str | None = None
+    next_step: str = Field(description="What to do about it: retry, fix the file, ask the operator, ...")
+    retryable: bool = Field(description="Whether `POST /jobs/{id}/retry` can help (not for invalid_audio).")
 
 
 class JobView(BaseModel):

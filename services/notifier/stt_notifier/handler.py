@@ -31,6 +31,7 @@ from stt_common.db.models import (
     JobStatus,
     WebhookDelivery,
 )
+from stt_common.errors import NOT_RETRYABLE, next_step
 from stt_common.logs import get_logger
 from stt_common.messages import Envelope
 from stt_common.runner import Outcome
@@ -71,7 +72,12 @@ def build_payload(job: Job, status: JobStatus, public_base_url: str | None) -> d
         "finished_at": _iso(job.finished_at or job.status_changed_at),
     }
     if job.error_code:
-        payload["error"] = {"code": job.error_code, "message": job.error_message}
+        payload["error"] = {
+            "code": job.error_code,
+            "message": job.error_message,
+            "next_step": next_step(job.error_code, job.id),
+            "retryable": job.error_code not in NOT_RETRYABLE,
+        }
     if status == JobStatus.COMPLETED and public_base_url:
         payload["result_url"] = f"{public_base_url}/api/v1/jobs/{job.id}/result"
     return payload

@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from stt_common.db.models import Chunk, Job, JobEvent, JobStatus
+from stt_common.errors import next_step
 from stt_common.messages import Topic
 from stt_common.s3 import ObjectStore, chunk_audio_key, job_prefix, original_key, result_key
 from stt_common.settings import Settings
@@ -81,9 +82,28 @@ async def test_a_job_shows_status_progress_error_and_links(
         sessionmaker_, key, JobStatus.FAILED, error_code="auth_error", error_message="bad provider key"
     )
     job = (await api.client.get(f"/api/v1/jobs/{failed}", headers=key.headers)).json()
-    assert job["error"] == {"code": "auth_error", "message": "bad provider key"}
+    assert job["error"] == {
+        "code": "auth_error",
+        "message": "bad provider key",
+        "next_step": next_step("auth_error", failed),
+        "retryable": True,
+    }
+    assert "ask the operator" in job["error"]["next_step"]
     assert job["links"]["retry"] is not None
     assert job["links"]["cancel"] is None
+
+    # The same bytes would fail the same way: no retry offered, and one asked for is refused.
+    bad = await make_job(
+        sessionmaker_, key, JobStatus.FAILED, error_code="invalid_audio", error_message="not audio"
+    )
+    job = (await api.client.get(f"/api/v1/jobs/{bad}", headers=key.headers)).json()
+    assert job["error"]["retryable"] is False
+    assert "re-encoded file" in job["error"]["next_step"]
+    assert job["links"]["retry"] is None
+    refused = await api.client.post(f"/api/v1/jobs/{bad}/retry", headers=key.headers)
+    assert refused.status_code == 409
+    assert refused.json()["code"] == "job_not_retryable"
+    assert "re-encoded file" in refused.json()["detail"]
 
 
 async def test_another_keys_job_is_not_found_everywhere(
@@ -263,7 +283,9 @@ async def test_cancel_an_active_job(
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["status"] == "CANCELLED"
-    assert body["error"] == {"code": "cancelled", "message": "Cancelled by the client."}
+    assert body["error"]["code"] == "cancelled"
+    assert body["error"]["message"] == "Cancelled by the client."
+    assert f"/api/v1/jobs/{body['id']}/retry" in body["error"]["next_step"]
     assert body["finished_at"] is not None
     (finished,) = await messages_for(settings, Topic.JOBS_FINISHED, job_id)
     assert finished.type == "stt.job.finished.v1"

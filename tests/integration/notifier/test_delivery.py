@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from stt_common.db.models import DeliveryStatus, JobStatus, WebhookAttempt, WebhookDelivery
+from stt_common.errors import next_step
 from stt_common.messages import Envelope, Topic
 from stt_common.runner import Outcome
 from stt_common.settings import Settings
@@ -169,7 +170,12 @@ async def test_failed_and_cancelled_jobs_carry_their_error(
         await settled(factory, cancelled)
     [on_failure] = receiver.delivered("/failed")
     assert on_failure.payload["type"] == "job.failed"
-    assert on_failure.payload["error"] == {"code": "invalid_audio", "message": "not audio"}
+    assert on_failure.payload["error"] == {
+        "code": "invalid_audio",
+        "message": "not audio",
+        "next_step": next_step("invalid_audio", failed),
+        "retryable": False,
+    }
     assert "result_url" not in on_failure.payload
     [on_cancel] = receiver.delivered("/cancelled")
     assert on_cancel.payload["type"] == "job.cancelled"

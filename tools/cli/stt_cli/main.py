@@ -106,8 +106,8 @@ def _follow_and_fetch(client: SttClient, job_id: str, args: argparse.Namespace, 
         error = job.get("error") or {}
         reason = f": {error.get('code')}: {error.get('message')}" if error else ""
         print(f"stt: job {job_id} ended {job['status']}{reason}", file=sys.stderr)
-        if job["status"] == "FAILED":
-            print(f"stt: `stt retry {job_id}` redoes only the unfinished chunks", file=sys.stderr)
+        if error.get("next_step"):  # the server says what fits this error
+            print(f"stt: {error['next_step']}", file=sys.stderr)
         return EXIT_JOB_FAILED
     _write_result(client.result(job_id, args.format), args.output)
     return EXIT_OK
