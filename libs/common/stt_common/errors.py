@@ -112,12 +112,13 @@ NEXT_STEPS: dict[ErrorCode, str] = {
     ErrorCode.AUTH_ERROR: "The server's key for this provider was refused: ask the operator to fix it "
     f"(GET /api/v1/providers lists what is configured), then {_RETRY}.",
     ErrorCode.INVALID_AUDIO: "The file cannot be transcribed as it is (retrying would fail the same "
-    "way): check that it plays and holds speech, then submit a repaired or re-encoded file.",
+    "way): check that it plays and holds speech, then submit a repaired or re-encoded file (for a URL "
+    f"whose download was refused, fix what it serves, then {_RETRY}).",
     ErrorCode.STALLED: f"The job stopped making progress and was ended: {_RETRY}.",
     ErrorCode.CANCELLED: f"The job was cancelled: {_RETRY} to resume it.",
     ErrorCode.UNKNOWN: f"An unexpected error: {_RETRY}; if it fails again, report the job id.",
 }
-# Codes whose job another try cannot fix: the same bytes fail the same way.
+# Codes whose job another try cannot fix once its file is stored: the same bytes fail the same way.
 NOT_RETRYABLE = frozenset({ErrorCode.INVALID_AUDIO})
 
 

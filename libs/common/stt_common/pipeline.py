@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from stt_common import metrics
 from stt_common.db.jobs import transition_job
 from stt_common.db.models import ACTIVE_JOB_STATUSES, Chunk, ChunkStatus, Job, JobEvent, JobStatus
-from stt_common.errors import ErrorCode
+from stt_common.errors import NOT_RETRYABLE, ErrorCode
 from stt_common.kafka import EventProducer
 from stt_common.messages import Envelope, Topic
 
@@ -95,3 +95,10 @@ async def emit_pending_chunks(
             Envelope.for_topic(Topic.CHUNKS_READY, job.id, producer=stage, chunk_index=index),
         )
     return len(pending)
+
+
+def same_bytes_would_fail(job: Job) -> bool:
+    """A failed job another try cannot fix: its stored file is what failed (`invalid_audio`). A URL
+    whose download was refused has no stored file: the source may serve other bytes next time."""
+    downloaded = job.source_url is None or job.size_bytes is not None
+    return job.error_code in NOT_RETRYABLE and downloaded

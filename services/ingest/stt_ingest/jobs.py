@@ -30,8 +30,9 @@ from stt_common.db.models import (
     JobEvent,
     JobStatus,
 )
-from stt_common.errors import NOT_RETRYABLE, ErrorCode, next_step
+from stt_common.errors import ErrorCode, next_step
 from stt_common.messages import Envelope, Topic
+from stt_common.pipeline import same_bytes_would_fail
 from stt_common.s3 import job_prefix, original_key
 from stt_ingest.auth import Principal
 from stt_ingest.events import PRODUCER_NAME
@@ -74,7 +75,7 @@ def job_url(base_url: str, job_id: uuid.UUID) -> str:
     return f"{base_url}/api/v1/jobs/{job_id}"
 
 
-def job_links(base_url: str, job_id: uuid.UUID, status: JobStatus, error_code: str | None = None) -> JobLinks:
+def job_links(base_url: str, job_id: uuid.UUID, status: JobStatus, *, retryable: bool = True) -> JobLinks:
     url = job_url(base_url, job_id)
     return JobLinks(
         self=url,
@@ -83,7 +84,7 @@ def job_links(base_url: str, job_id: uuid.UUID, status: JobStatus, error_code: s
         if status == JobStatus.COMPLETED
         else None,
         cancel=f"{url}/cancel" if status in ACTIVE_JOB_STATUSES else None,
-        retry=f"{url}/retry" if status in RETRYABLE and error_code not in NOT_RETRYABLE else None,
+        retry=f"{url}/retry" if status in RETRYABLE and retryable else None,
     )
 
 
@@ -116,7 +117,7 @@ def job_view(job: Job, progress: Progress, base_url: str) -> JobView:
             code=job.error_code,
             message=job.error_message,
             next_step=next_step(job.error_code, job.id),
-            retryable=job.error_code not in NOT_RETRYABLE,
+            retryable=not same_bytes_would_fail(job),
         )
         if job.error_code
         else None
@@ -143,7 +144,7 @@ def job_view(job: Job, progress: Progress, base_url: str) -> JobView:
         status_changed_at=job.status_changed_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
-        links=job_links(base_url, job.id, status, job.error_code),
+        links=job_links(base_url, job.id, status, retryable=not same_bytes_would_fail(job)),
     )
 
 
@@ -292,10 +293,9 @@ async def retry_job(state: AppState, principal: Principal, job_id: uuid.UUID) ->
             "job_not_retryable",
             f"The job is {job.status}; only FAILED or CANCELLED jobs can be retried.",
         )
-    if job.error_code in NOT_RETRYABLE:
-        raise ApiProblem(
-            409, "job_not_retryable", f"The job failed with {job.error_code}. {next_step(job.error_code)}"
-        )
+    if same_bytes_would_fail(job):
+        why = f"The job failed with {job.error_code}. {next_step(job.error_code or '', job.id)}"
+        raise ApiProblem(409, "job_not_retryable", why)
     has_original = await state.store.exists(original_key(job_id))
     if not has_original and not job.source_url:
         raise ApiProblem(409, "original_missing", "The job's uploaded file is gone; submit it again.")

@@ -59,7 +59,10 @@ class MediaStream:
             self._head.extend(block)
             self._count(len(block))
         self.detected = check_media(
-            bytes(self._head[:SNIFF_BYTES]), self._filename, require_extension=self._require_extension
+            bytes(self._head[:SNIFF_BYTES]),
+            self._filename,
+            require_extension=self._require_extension,
+            whole_file=self._source_done,
         )
         return self.detected
 

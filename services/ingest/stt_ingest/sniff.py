@@ -213,11 +213,40 @@ def extension_of(filename: str) -> str | None:
     return base.rsplit(".", 1)[-1].lower() or None
 
 
-def check_media(head: bytes, filename: str | None, *, require_extension: bool) -> Detected:
+def holds_no_audio(data: bytes, family: Family) -> bool:
+    """For a WHOLE file (not just its head): its bytes end before any audio could start. Said only
+    where the format shows it for sure: a WAV whose `data` chunk is missing or has no complete sample
+    frame, an MP3 that is nothing but its ID3 tag. Other formats are left to the decoder."""
+    if family == Family.WAV:
+        channels, bits = 1, 16
+        offset = 12
+        while offset + 8 <= len(data):
+            chunk, size = data[offset : offset + 4], struct.unpack("<I", data[offset + 4 : offset + 8])[0]
+            if chunk == b"fmt " and offset + 24 <= len(data):
+                channels, bits = (
+                    struct.unpack("<H", data[offset + 10 : offset + 12])[0],
+                    struct.unpack("<H", data[offset + 22 : offset + 24])[0],
+                )
+            if chunk == b"data":
+                frame = max(channels, 1) * max((bits + 7) // 8, 1)
+                return len(data) - (offset + 8) < frame
+            offset += 8 + size + (size & 1)
+        return True  # no data chunk before the end of the file
+    if family == Family.MP3 and _is_id3(data):
+        tag = 10 + sum(byte << (7 * (3 - i)) for i, byte in enumerate(data[6:10]))
+        return len(data) <= tag
+    return False
+
+
+def check_media(
+    head: bytes, filename: str | None, *, require_extension: bool, whole_file: bool = False
+) -> Detected:
     """Detect the content and check it against the file name's extension.
 
     Uploads require a known extension (`require_extension`); URL downloads often have none (or a
-    `.php`), so there an unknown extension lets the content decide, but a known one must agree."""
+    `.php`), so there an unknown extension lets the content decide, but a known one must agree.
+    `whole_file`: `head` is the entire file (it was shorter than `SNIFF_BYTES`), so a file that ends
+    inside its header is refused here rather than failing later in the chunker."""
     extension = extension_of(filename) if filename else None
     family_of_name = EXTENSIONS.get(extension) if extension else None
     if family_of_name is None and require_extension:
@@ -238,6 +267,12 @@ def check_media(head: bytes, filename: str | None, *, require_extension: bool) -
         raise MediaError(
             "content_mismatch",
             f"The file is named .{extension} but its content is {detected.family.value}.",
+        )
+    if whole_file and holds_no_audio(head, detected.family):
+        raise MediaError(
+            "truncated_media",
+            f"The {detected.family.value} file ends in its header ({len(head)} bytes) and holds no audio: "
+            "it was cut short. Export or download it again, then submit the whole file.",
         )
     return detected
 

@@ -67,7 +67,8 @@ class Outcome:
 
 
 def _media_problem(exc: MediaError) -> ApiProblem:
-    status = 422 if exc.code == "empty_file" else 415
+    # Empty or cut short: an acceptable type with unusable content. Anything else: the wrong type.
+    status = 422 if exc.code in ("empty_file", "truncated_media") else 415
     return ApiProblem(status, exc.code, exc.message)
 
 

@@ -230,5 +230,6 @@ _REASONS = frozenset(
         "unsupported_media_type",
         "content_mismatch",
         "empty_file",
+        "truncated_media",
     }
 )

@@ -113,6 +113,10 @@ async def test_fields_after_the_file_are_applied(make_api: AppFactory, key: Key)
         (b"I am only text, pretending to be an mp3.\n" * 50, "song.mp3", 415, "unsupported_media_type"),
         (b"RIFF\x10\x00\x00\x00WA", "cut.wav", 415, "unsupported_media_type"),  # truncated header
         (b"", "empty.wav", 422, "empty_file"),
+        # A WAV cut short: the header, then nothing (a 20-byte and a complete 44-byte header).
+        (b"RIFF\x24\x00\x00\x00WAVEfmt \x10\x00\x00\x00", "cut.wav", 422, "truncated_media"),
+        (wav_bytes(0.0), "silent-header.wav", 422, "truncated_media"),
+        (b"ID3\x04\x00\x00\x00\x00\x00\x0a" + bytes(10), "tag-only.mp3", 422, "truncated_media"),
         (SAMPLES["mp4"], "movie.wav", 415, "content_mismatch"),
         (SAMPLES["wav"], "notes.txt", 415, "extension_not_allowed"),
         (SAMPLES["wav"], "noextension", 415, "extension_not_allowed"),

@@ -263,7 +263,9 @@ async def test_bad_downloads_fail_the_job(
     assert job["error"]["code"] == code
     assert message in job["error"]["message"]
     assert not await store.exists(original_key(uuid.UUID(job["id"])))
+    # Nothing was stored: the source may serve something else next time, so a retry is offered.
     assert job["links"]["retry"] is not None
+    assert job["error"]["retryable"] is True
 
 
 async def test_a_stalled_source_times_out(

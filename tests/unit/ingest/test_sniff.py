@@ -15,6 +15,7 @@ from stt_ingest.sniff import (
     MediaError,
     check_media,
     detect,
+    holds_no_audio,
     sanitize_filename,
 )
 from tests.integration.ingest.media import SAMPLES, id3_mp3, mp3_frames, wav_bytes
@@ -148,3 +149,33 @@ def encoded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
 def test_files_written_by_ffmpeg_are_detected(encoded: dict[str, bytes], ext: str) -> None:
     assert ext in encoded, f"ffmpeg could not write .{ext}"
     assert check_media(encoded[ext], f"real.{ext}", require_extension=True).family == EXTENSIONS[ext]
+
+
+@pytest.mark.parametrize(
+    ("data", "family", "empty"),
+    [
+        (wav_bytes(0.0), Family.WAV, True),  # a complete header, a data chunk of no samples
+        (wav_bytes(0.0)[:20], Family.WAV, True),  # cut inside the fmt chunk
+        (wav_bytes(0.0) + b"\x01", Family.WAV, True),  # half a 16-bit sample
+        (wav_bytes(0.0) + b"\x01\x02", Family.WAV, False),  # one sample: audio, however short
+        (wav_bytes(0.01), Family.WAV, False),
+        (b"ID3\x04\x00\x00\x00\x00\x00\x0a" + bytes(10), Family.MP3, True),  # the tag and no frame
+        (id3_mp3(), Family.MP3, False),
+        (mp3_frames(2), Family.MP3, False),  # no tag: the decoder decides
+        (SAMPLES["mp4"], Family.MP4, False),
+    ],
+)
+def test_a_whole_file_that_ends_in_its_header_holds_no_audio(
+    data: bytes, family: Family, empty: bool
+) -> None:
+    assert holds_no_audio(data, family) is empty
+
+
+def test_only_a_whole_file_is_judged_truncated() -> None:
+    header = wav_bytes(0.0)
+    # The first bytes of a longer upload say nothing about its end.
+    assert check_media(header, "a.wav", require_extension=True).family == Family.WAV
+    with pytest.raises(MediaError) as info:
+        check_media(header, "a.wav", require_extension=True, whole_file=True)
+    assert info.value.code == "truncated_media"
+    assert "submit the whole file" in info.value.message
