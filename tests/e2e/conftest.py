@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from stt_common.kafka import EventProducer
 from stt_common.s3 import ObjectStore
 from stt_common.settings import Settings
-from stt_devstack.harness import Jobs, ServiceProcess
+from stt_devstack.harness import Jobs, ServiceProcess, stop_services
 
 __all__ = ["Jobs", "ServiceProcess"]
 
@@ -34,8 +33,7 @@ async def start_service(infra_env: dict[str, str], tmp_path: Path) -> AsyncItera
         return service
 
     yield start
-    for service in started:
-        service.kill(signal.SIGTERM)
+    stop_services(started)
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +57,7 @@ async def pipeline(
         await asyncio.gather(*(service.ready() for service in services.values()))
         yield services
     finally:
-        for service in services.values():
-            service.kill(signal.SIGTERM)
+        stop_services(services.values())
 
 
 @pytest.fixture

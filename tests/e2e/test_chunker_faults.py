@@ -12,11 +12,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from stt_common.db.models import Job, JobStatus
 from stt_common.s3 import ObjectStore
 from stt_common.settings import Settings
 from stt_devstack.harness import Jobs, wait_until
+from stt_ingest.keys import create_key
 from tests.e2e.conftest import StartService
 from tests.fixtures.audio import to_format, tone_wav
 from tests.s3_faults import FaultyS3Proxy
@@ -185,9 +187,27 @@ async def test_a_recording_over_the_length_limit_fails_and_leaves_no_chunks(
     job = await jobs.wait_terminal(job_id, timeout=120)
     assert job.status == JobStatus.FAILED
     assert job.error_code == "invalid_audio"
-    assert job.error_message == "the recording is longer than the limit of 3.33 minutes"
+    assert job.error_message is not None
+    assert job.error_message.startswith("the recording is longer than the limit of 3.33 minutes: split")
     assert await store.list_keys(f"jobs/{job_id}/chunks/") == []
     assert await store.list_keys(f"jobs/{job_id}/original") != [], "the upload itself is kept for retry"
+
+
+async def test_an_api_keys_own_length_limit_wins_over_the_service_default(
+    start_service: StartService,
+    jobs: Jobs,
+    sessionmaker_: async_sessionmaker[AsyncSession],
+    tmp_path: Path,
+) -> None:
+    """A key created with `--max-audio-hours` has its jobs held to that limit, not the chunker's."""
+    await start_service("chunker", STT_MAX_AUDIO_SECONDS="200", **CHUNKING)
+    key = await create_key(sessionmaker_, name="short-only", tenant="t", max_audio_seconds=100.0)
+    job_id = await jobs.submit(_tone_mp3(tmp_path), api_key_id=key.id)
+    job = await jobs.wait_terminal(job_id, timeout=120)
+    assert (job.status, job.error_code) == (JobStatus.FAILED, "invalid_audio")
+    assert job.error_message is not None
+    assert "longer than the limit of 1.67 minutes" in job.error_message
+    assert "--max-audio-hours" in job.error_message
 
 
 async def test_a_chunk_put_that_lands_after_the_failure_is_still_deleted(

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from stt_common.kafka import EventProducer
 from stt_common.messages import Topic
 from stt_common.settings import Settings
-from stt_devstack.harness import ServiceProcess, wait_until
+from stt_devstack.harness import ServiceProcess, stop_services, wait_until
 from stt_devstack.infra import prometheus_ready, start_prometheus
 from stt_devstack.procs import http_ok, terminate
 from stt_ingest.keys import create_key
@@ -205,8 +205,7 @@ async def test_every_panel_of_every_dashboard_has_data(
                 missing = await empty_panels(prom_port)
             assert not missing, "panels without data:\n" + "\n".join(missing)
         finally:
-            for service in services.values():
-                service.kill(signal.SIGTERM)
+            stop_services(services.values())
             await terminate(prometheus, sig=signal.SIGTERM)
 
 

@@ -15,7 +15,6 @@ import io
 import itertools
 import json
 import os
-import signal
 import wave
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ import pytest
 from bench.corpus import DEFAULT_DEST, load_manifest, long_recordings, prepare
 from stt_common.db.models import JobStatus
 from stt_common.s3 import ObjectStore, result_key
-from stt_devstack.harness import Jobs, ServiceProcess
+from stt_devstack.harness import Jobs, ServiceProcess, stop_services
 from stt_devstack.wer import wer
 from tests.fakes import hispeech_server, wavam_server
 from tests.fakes.hispeech_server import FakeHiSpeech
@@ -136,8 +135,7 @@ async def text_only_pipeline(
         await asyncio.gather(*(service.ready() for service in services.values()))
         yield services
     finally:
-        for service in services.values():
-            service.kill(signal.SIGTERM)
+        stop_services(services.values())
 
 
 async def test_text_without_times_is_merged_keeping_each_word_once(

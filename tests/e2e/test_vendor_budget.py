@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from stt_common.db.models import JobStatus
-from stt_devstack.harness import Jobs, ServiceProcess
+from stt_devstack.harness import Jobs, ServiceProcess, stop_services
 from tests.fakes.hispeech_server import FakeHiSpeech
 from tests.fixtures.audio import sine_wav
 
@@ -53,8 +52,7 @@ async def two_transcribers(
         await asyncio.gather(*(service.ready() for service in services))
         yield services
     finally:
-        for service in services:
-            service.kill(signal.SIGTERM)
+        stop_services(services)
 
 
 async def test_two_replicas_never_exceed_the_vendors_concurrency(

@@ -320,7 +320,10 @@ async def normalise(
         if duration <= 0:
             raise InvalidAudioError("the file contains no audio samples")
         if duration > limit:
-            raise InvalidAudioError(f"the recording is longer than the limit of {_hours(limit)}")
+            raise InvalidAudioError(
+                f"the recording is longer than the limit of {_hours(limit)}: split it into shorter "
+                "parts, or ask the operator for an API key with a higher limit (--max-audio-hours)"
+            )
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(dst)

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from sqlalchemy import func
+from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -30,7 +30,7 @@ from stt_chunker.audio import (
 from stt_chunker.plan import ChunkPlanner, ChunkWindow, chunk_seconds_within
 from stt_chunker.settings import ChunkerSettings
 from stt_common.db.jobs import transition_job
-from stt_common.db.models import Chunk, ChunkStatus, Job, JobStatus
+from stt_common.db.models import ApiKey, Chunk, ChunkStatus, Job, JobStatus
 from stt_common.errors import ErrorCode, SttError
 from stt_common.kafka import EventProducer
 from stt_common.logs import get_logger
@@ -172,6 +172,17 @@ class ChunkerHandler:
         await emit_pending_chunks(self._sessions, self._producer, job, stage=STAGE)
         return Outcome.OK
 
+    async def _max_audio_seconds(self, job: Job) -> float:
+        """The job's key's own limit on recording length, else the service's."""
+        if job.api_key_id is not None:
+            async with self._sessions() as session:
+                own = await session.scalar(
+                    select(ApiKey.max_audio_seconds).where(ApiKey.id == job.api_key_id)
+                )
+            if own is not None:
+                return own
+        return self._settings.max_audio_seconds
+
     async def _split(self, job: Job, workdir: Path) -> tuple[list[ChunkWindow], float, dict[str, float]]:
         """Download, then decode while planning and uploading chunks; returns the windows, the duration
         and step timings.
@@ -223,7 +234,7 @@ class ChunkerHandler:
                 original,
                 wav,
                 timeout_s=settings.ffmpeg_timeout_seconds,
-                max_duration_s=settings.max_audio_seconds,
+                max_duration_s=await self._max_audio_seconds(job),
             )
         )
         try:

@@ -4,6 +4,9 @@ from pydantic import Field
 
 from stt_common.settings import Settings
 
+# Longer than any meeting, lecture or court day; a decode bomb stops here (0.9 GB of 16 kHz PCM).
+DEFAULT_MAX_AUDIO_SECONDS = 8 * 3600.0
+
 
 class ChunkerSettings(Settings):
     service_name: str = "chunker"
@@ -15,9 +18,10 @@ class ChunkerSettings(Settings):
         default=20.0, ge=0, description="How far around a planned cut to look for silence."
     )
     ffmpeg_timeout_seconds: float = Field(default=3600.0, gt=0)
-    max_audio_seconds: float | None = Field(
-        default=None,
+    max_audio_seconds: float = Field(
+        default=DEFAULT_MAX_AUDIO_SECONDS,
         gt=0,
-        description="Longest recording accepted; longer ones fail with invalid_audio. "
-        "Unset: the WAV format's limit (about 37 hours).",
+        description="Longest recording accepted (8 h); longer ones fail with invalid_audio as soon as "
+        "the decoder passes the limit, so a small file that decodes to days costs no more than this. "
+        "An API key may carry its own limit (`python -m stt_ingest keys create --max-audio-hours`).",
     )

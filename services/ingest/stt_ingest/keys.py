@@ -32,6 +32,7 @@ class CreatedKey:
     tenant: str
     prefix: str
     rate_limit_per_minute: int | None
+    max_audio_seconds: float | None
     api_key: str
     webhook_secret: str
 
@@ -43,6 +44,7 @@ class KeyInfo:
     tenant: str
     prefix: str
     rate_limit_per_minute: int | None
+    max_audio_seconds: float | None
     created_at: datetime
     revoked_at: datetime | None
 
@@ -53,12 +55,16 @@ async def create_key(
     name: str,
     tenant: str,
     rate_limit_per_minute: int | None = None,
+    max_audio_seconds: float | None = None,
 ) -> CreatedKey:
-    """A new key; `rate_limit_per_minute` None means the service default, 0 means unlimited."""
+    """A new key; `rate_limit_per_minute` None means the service default, 0 means unlimited;
+    `max_audio_seconds` None means the chunker's STT_MAX_AUDIO_SECONDS."""
     if not name.strip() or not tenant.strip():
         raise ValueError("name and tenant must not be empty")
     if rate_limit_per_minute is not None and rate_limit_per_minute < 0:
         raise ValueError("the rate limit must be >= 0")
+    if max_audio_seconds is not None and not max_audio_seconds > 0:
+        raise ValueError("the audio length limit must be > 0")
     material: NewKey = generate_api_key()
     row = ApiKey(
         id=uuid.uuid4(),
@@ -68,6 +74,7 @@ async def create_key(
         prefix=material.prefix,
         webhook_secret=material.webhook_secret,
         rate_limit_per_minute=rate_limit_per_minute,
+        max_audio_seconds=max_audio_seconds,
     )
     async with sessionmaker() as session, session.begin():
         session.add(row)
@@ -77,6 +84,7 @@ async def create_key(
         tenant=row.tenant,
         prefix=row.prefix,
         rate_limit_per_minute=rate_limit_per_minute,
+        max_audio_seconds=max_audio_seconds,
         api_key=material.plaintext,
         webhook_secret=material.webhook_secret,
     )
@@ -129,6 +137,7 @@ def _info(row: ApiKey) -> KeyInfo:
         tenant=row.tenant,
         prefix=row.prefix,
         rate_limit_per_minute=row.rate_limit_per_minute,
+        max_audio_seconds=row.max_audio_seconds,
         created_at=row.created_at,
         revoked_at=row.revoked_at,
     )

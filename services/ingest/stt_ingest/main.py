@@ -30,6 +30,12 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--name", required=True)
     create.add_argument("--tenant", required=True)
     create.add_argument("--rate-limit", type=int, default=None, help="submissions per minute (0 = unlimited)")
+    create.add_argument(
+        "--max-audio-hours",
+        type=float,
+        default=None,
+        help="the longest recording this key may submit (default: the chunker's STT_MAX_AUDIO_SECONDS, 8 h)",
+    )
     create.add_argument("--json", action="store_true", help="print JSON")
     revoke = key_commands.add_parser("revoke", help="revoke a key by id or prefix")
     revoke.add_argument("key", metavar="PREFIX_OR_ID")
@@ -48,7 +54,11 @@ async def _keys(settings: IngestSettings, args: argparse.Namespace) -> int:
     try:
         if args.keys_command == "create":
             created = await keys.create_key(
-                sessionmaker, name=args.name, tenant=args.tenant, rate_limit_per_minute=args.rate_limit
+                sessionmaker,
+                name=args.name,
+                tenant=args.tenant,
+                rate_limit_per_minute=args.rate_limit,
+                max_audio_seconds=args.max_audio_hours * 3600 if args.max_audio_hours else None,
             )
             record = {
                 "id": str(created.id),
@@ -56,6 +66,7 @@ async def _keys(settings: IngestSettings, args: argparse.Namespace) -> int:
                 "tenant": created.tenant,
                 "prefix": created.prefix,
                 "rate_limit_per_minute": created.rate_limit_per_minute,
+                "max_audio_seconds": created.max_audio_seconds,
                 "api_key": created.api_key,
                 "webhook_secret": created.webhook_secret,
             }
@@ -87,7 +98,8 @@ async def _keys(settings: IngestSettings, args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps([
                 {"id": str(row.id), "name": row.name, "tenant": row.tenant, "prefix": row.prefix,
-                 "rate_limit_per_minute": row.rate_limit_per_minute, "created_at": row.created_at.isoformat(),
+                 "rate_limit_per_minute": row.rate_limit_per_minute,
+                 "max_audio_seconds": row.max_audio_seconds, "created_at": row.created_at.isoformat(),
                  "revoked_at": row.revoked_at.isoformat() if row.revoked_at else None}
                 for row in rows
             ]))  # fmt: skip
@@ -95,7 +107,11 @@ async def _keys(settings: IngestSettings, args: argparse.Namespace) -> int:
             for row in rows:
                 state = f"revoked {row.revoked_at:%Y-%m-%d}" if row.revoked_at else "active"
                 limit = "default" if row.rate_limit_per_minute is None else str(row.rate_limit_per_minute)
-                print(f"{row.id}  {row.prefix}  {row.name}  tenant={row.tenant}  limit={limit}  {state}")
+                longest = "default" if row.max_audio_seconds is None else f"{row.max_audio_seconds / 3600:g}h"
+                print(
+                    f"{row.id}  {row.prefix}  {row.name}  tenant={row.tenant}  limit={limit}  "
+                    f"max_audio={longest}  {state}"
+                )
         return 0
     finally:
         await engine.dispose()

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -102,6 +102,24 @@ class ServiceProcess:
         return self.log_path.read_text() if self.log_path.exists() else ""
 
 
+def stop_services(services: Iterable[ServiceProcess], timeout: float = 30) -> None:
+    """SIGTERM every service at once, give them `timeout` seconds together to drain and exit, then
+    SIGKILL what is left. All at once: one by one, a slow drain would hold up the others' signals (and
+    a test's time limit could end before the last is stopped, leaving it to take later tests' work)."""
+    running = [s for s in services if s.proc is not None and s.proc.poll() is None]
+    for service in running:
+        assert service.proc is not None
+        service.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for service in running:
+        assert service.proc is not None
+        try:
+            service.proc.wait(max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            service.proc.kill()
+            service.proc.wait()
+
+
 class Jobs:
     """Enter jobs as ingest leaves them (row UPLOADED, original in S3, trigger emitted) and watch them."""
 
@@ -122,6 +140,7 @@ class Jobs:
         model: str | None = None,
         options: dict[str, Any] | None = None,
         job_id: uuid.UUID | None = None,
+        api_key_id: uuid.UUID | None = None,
     ) -> uuid.UUID:
         job_id = job_id or uuid.uuid4()
         await self.store.upload_file(original_key(job_id), audio)
@@ -129,6 +148,7 @@ class Jobs:
             session.add(
                 Job(
                     id=job_id,
+                    api_key_id=api_key_id,
                     status=JobStatus.UPLOADED,
                     provider=provider,
                     context_mode=context_mode,

@@ -76,6 +76,9 @@ class ApiKey(Base):
     # Webhook signing needs the secret itself (HMAC), so it is stored; it is shown once at creation.
     webhook_secret: Mapped[str] = mapped_column(String(128))
     rate_limit_per_minute: Mapped[int | None] = mapped_column(Integer)
+    # The longest recording this key's jobs may hold (the chunker refuses longer ones); None: the
+    # chunker's STT_MAX_AUDIO_SECONDS.
+    max_audio_seconds: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
