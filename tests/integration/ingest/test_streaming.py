@@ -323,7 +323,14 @@ def test_key_cli_lists_and_revokes(
     assert code == 1
     assert "no active key" in err
     code, out, _ = run("list")
-    assert f"{created['id']}  {created['prefix']}  to revoke  tenant=t2  limit=default  revoked" in out
+    line = f"{created['id']}  {created['prefix']}  to revoke  tenant=t2  limit=default  max_audio=default"
+    assert f"{line}  revoked" in out
+    # A key for long recordings: its own limit on audio length (the chunker's default is 8 h).
+    code, out, _ = run("create", "--name", "archive", "--tenant", "t2", "--max-audio-hours", "24", "--json")
+    assert code == 0
+    assert json.loads(out)["max_audio_seconds"] == 24 * 3600
+    code, out, _ = run("list")
+    assert "archive  tenant=t2  limit=default  max_audio=24h  active" in out
 
 
 def test_key_cli_rotates_the_webhook_secret(
