@@ -112,8 +112,7 @@ NEXT_STEPS: dict[ErrorCode, str] = {
     ErrorCode.AUTH_ERROR: "The server's key for this provider was refused: ask the operator to fix it "
     f"(GET /api/v1/providers lists what is configured), then {_RETRY}.",
     ErrorCode.INVALID_AUDIO: "The file cannot be transcribed as it is (retrying would fail the same "
-    "way): check that it plays and holds speech, then submit a repaired or re-encoded file (for a URL "
-    f"whose download was refused, fix what it serves, then {_RETRY}).",
+    "way): check that it plays and holds speech, then submit a repaired or re-encoded file.",
     ErrorCode.STALLED: f"The job stopped making progress and was ended: {_RETRY}.",
     ErrorCode.CANCELLED: f"The job was cancelled: {_RETRY} to resume it.",
     ErrorCode.UNKNOWN: f"An unexpected error: {_RETRY}; if it fails again, report the job id.",
@@ -122,10 +121,17 @@ NEXT_STEPS: dict[ErrorCode, str] = {
 NOT_RETRYABLE = frozenset({ErrorCode.INVALID_AUDIO})
 
 
-def next_step(code: str, job_id: object = "{id}") -> str:
+# A URL whose download was refused has no stored file: the source may serve other bytes next time.
+REFUSED_DOWNLOAD_STEP = f"The URL served no usable audio: fix what it serves, then {_RETRY}."
+
+
+def next_step(code: str, job_id: object = "{id}", *, stored_file: bool = True) -> str:
     """The next step for a job's stored error code (an unknown code reads as `unknown`)."""
     try:
-        text = NEXT_STEPS[ErrorCode(code)]
+        error = ErrorCode(code)
     except ValueError:
-        text = NEXT_STEPS[ErrorCode.UNKNOWN]
+        error = ErrorCode.UNKNOWN
+    text = NEXT_STEPS[error]
+    if error in NOT_RETRYABLE and not stored_file:
+        text = REFUSED_DOWNLOAD_STEP
     return text.replace("{id}", str(job_id))

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from stt_common import metrics
 from stt_common.db.jobs import transition_job
 from stt_common.db.models import ACTIVE_JOB_STATUSES, Chunk, ChunkStatus, Job, JobEvent, JobStatus
-from stt_common.errors import NOT_RETRYABLE, ErrorCode
+from stt_common.errors import NOT_RETRYABLE, ErrorCode, next_step
 from stt_common.kafka import EventProducer
 from stt_common.messages import Envelope, Topic
 
@@ -97,8 +97,17 @@ async def emit_pending_chunks(
     return len(pending)
 
 
+def _stored_file(job: Job) -> bool:
+    # An upload always is; a URL job only once its download was accepted (it has a size then).
+    return job.source_url is None or job.size_bytes is not None
+
+
 def same_bytes_would_fail(job: Job) -> bool:
     """A failed job another try cannot fix: its stored file is what failed (`invalid_audio`). A URL
     whose download was refused has no stored file: the source may serve other bytes next time."""
-    downloaded = job.source_url is None or job.size_bytes is not None
-    return job.error_code in NOT_RETRYABLE and downloaded
+    return job.error_code in NOT_RETRYABLE and _stored_file(job)
+
+
+def job_next_step(job: Job) -> str:
+    """What the client can do about the job's error (API, webhook and CLI show the same text)."""
+    return next_step(job.error_code or ErrorCode.UNKNOWN, job.id, stored_file=_stored_file(job))

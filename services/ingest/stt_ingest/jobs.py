@@ -30,9 +30,9 @@ from stt_common.db.models import (
     JobEvent,
     JobStatus,
 )
-from stt_common.errors import ErrorCode, next_step
+from stt_common.errors import ErrorCode
 from stt_common.messages import Envelope, Topic
-from stt_common.pipeline import same_bytes_would_fail
+from stt_common.pipeline import job_next_step, same_bytes_would_fail
 from stt_common.s3 import job_prefix, original_key
 from stt_ingest.auth import Principal
 from stt_ingest.events import PRODUCER_NAME
@@ -116,7 +116,7 @@ def job_view(job: Job, progress: Progress, base_url: str) -> JobView:
         JobErrorView(
             code=job.error_code,
             message=job.error_message,
-            next_step=next_step(job.error_code, job.id),
+            next_step=job_next_step(job),
             retryable=not same_bytes_would_fail(job),
         )
         if job.error_code
@@ -294,7 +294,7 @@ async def retry_job(state: AppState, principal: Principal, job_id: uuid.UUID) ->
             f"The job is {job.status}; only FAILED or CANCELLED jobs can be retried.",
         )
     if same_bytes_would_fail(job):
-        why = f"The job failed with {job.error_code}. {next_step(job.error_code or '', job.id)}"
+        why = f"The job failed with {job.error_code}. {job_next_step(job)}"
         raise ApiProblem(409, "job_not_retryable", why)
     has_original = await state.store.exists(original_key(job_id))
     if not has_original and not job.source_url:

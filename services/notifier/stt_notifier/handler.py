@@ -31,10 +31,9 @@ from stt_common.db.models import (
     JobStatus,
     WebhookDelivery,
 )
-from stt_common.errors import next_step
 from stt_common.logs import get_logger
 from stt_common.messages import Envelope
-from stt_common.pipeline import same_bytes_would_fail
+from stt_common.pipeline import job_next_step, same_bytes_would_fail
 from stt_common.runner import Outcome
 from stt_notifier.settings import NotifierSettings
 
@@ -76,7 +75,7 @@ def build_payload(job: Job, status: JobStatus, public_base_url: str | None) -> d
         payload["error"] = {
             "code": job.error_code,
             "message": job.error_message,
-            "next_step": next_step(job.error_code, job.id),
+            "next_step": job_next_step(job),
             "retryable": not same_bytes_would_fail(job),
         }
     if status == JobStatus.COMPLETED and public_base_url:

@@ -266,6 +266,8 @@ async def test_bad_downloads_fail_the_job(
     # Nothing was stored: the source may serve something else next time, so a retry is offered.
     assert job["links"]["retry"] is not None
     assert job["error"]["retryable"] is True
+    if code == "invalid_audio":
+        assert "fix what it serves" in job["error"]["next_step"]
 
 
 async def test_a_stalled_source_times_out(
