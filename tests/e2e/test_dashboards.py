@@ -101,8 +101,10 @@ async def fake_openai() -> AsyncIterator[FakeOpenAIProcess]:
 
 
 def corrupt_wav(path: Path) -> None:
-    """Looks like a WAV to ingest's magic-byte sniffing; the chunker's decoder cannot read it."""
-    path.write_bytes(b"RIFF" + (1_000_000).to_bytes(4, "little") + b"WAVEfmt " + os.urandom(4000))
+    """Looks like a WAV to ingest's magic-byte sniffing; the chunker's decoder cannot read it. Longer
+    than ingest's sniff window, so its end (where a missing `data` chunk would show) is not seen
+    before the chunker tries it."""
+    path.write_bytes(b"RIFF" + (1_000_000).to_bytes(4, "little") + b"WAVEfmt " + os.urandom(40_000))
 
 
 def tone_wav(path: Path, seconds: float) -> None:
