@@ -21,10 +21,8 @@ is assumed.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 from pydantic import ValidationError
@@ -42,6 +40,7 @@ from stt_transcriber.providers.vendor import (
     VendorRequestError,
     content_type,
     describe_validation_error,
+    error_body_text,
     garbage_error,
     http_status_error,
     one_line,
@@ -140,19 +139,8 @@ class HiSpeechProvider(RemoteProvider[httpx.AsyncClient]):
         status = response.status_code
         if status == 200:  # `success: false` in a 200: the vendor's own status says what went wrong
             status = answer.status if answer and answer.status and answer.status >= 400 else 500
-        words = (answer.error if answer else None) or _text(response) or response.reason_phrase
+        words = (answer.error if answer else None) or error_body_text(response) or response.reason_phrase
         words = one_line(self.redact(words or "no details"))
         message = f"{label}: HTTP {status}: {words}"
         about_audio = any(word in words.lower() for word in AUDIO_WORDS)
         return http_status_error(status, message, response.headers, about_audio=about_audio)
-
-
-def _text(response: httpx.Response) -> str:
-    """An error body that is not the vendor's shape, as one line (a proxy's HTML page, plain text)."""
-    try:
-        body: Any = response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return response.text
-    if isinstance(body, dict):
-        return str(body.get("error") or body.get("detail") or body.get("message") or body)
-    return str(body)

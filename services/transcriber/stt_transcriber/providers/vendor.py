@@ -8,6 +8,7 @@ it as a transient `ProviderUnavailableError` ("provider returned garbage"): the 
 from __future__ import annotations
 
 import io
+import json
 import math
 import mimetypes
 import re
@@ -149,6 +150,18 @@ def redact(text: str, *secrets: str | None) -> str:
     for pattern in _SECRET_PATTERNS:
         text = pattern.sub("***", text)
     return _KEY_PARAMETER.sub(r"\1=***", text)
+
+
+def error_body_text(response: httpx.Response) -> str:
+    """What an error answer says, for vendors without a documented error shape: `error`, `detail` or
+    `message` of a JSON object, else the body as text (a proxy's HTML page, plain text)."""
+    try:
+        body: Any = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return response.text
+    if isinstance(body, dict):
+        return str(body.get("error") or body.get("detail") or body.get("message") or body)
+    return str(body)
 
 
 def one_line(text: str, limit: int = VENDOR_MESSAGE_CHARS) -> str:

@@ -40,6 +40,7 @@ from stt_transcriber.providers.vendor import (
     VendorRequestError,
     content_type,
     describe_validation_error,
+    error_body_text,
     garbage_error,
     http_status_error,
     one_line,
@@ -193,23 +194,13 @@ class WavAmProvider(RemoteProvider[httpx.AsyncClient]):
         return [(speaker, " ".join(text.split())) for speaker, text in turns if text.strip()]
 
     def _error(self, response: httpx.Response, path: str) -> SttError:
-        words = one_line(self.redact(_error_text(response) or response.reason_phrase or "no details"))
+        words = one_line(self.redact(error_body_text(response) or response.reason_phrase or "no details"))
         message = f"{NAME} ({path.strip('/')}): HTTP {response.status_code}: {words}"
         if response.status_code >= 500 and FAILED_TO_TRANSCRIBE in words.lower():
             return InvalidAudioError(f"{message} (wav.am could not transcribe this audio)")
         if response.status_code == 401 and "expired" in words.lower():
             return AuthError(f"{message}; {EXPIRED_ADVICE}")
         return http_status_error(response.status_code, message, response.headers)
-
-
-def _error_text(response: httpx.Response) -> str:
-    try:
-        body: Any = response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return response.text
-    if isinstance(body, dict):
-        return str(body.get("error") or body.get("detail") or body.get("message") or body)
-    return str(body)
 
 
 def token_expiry(token: str) -> datetime | None:
