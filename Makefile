@@ -59,18 +59,39 @@ bench-pipeline bench-chunker bench-fanout bench-quality: bench-%: install
 	$(STACK) system-deps
 	PYTHONPATH=. $(PY) -m bench.$(subst pipeline,pipeline_e2e,$*)
 
-.PHONY: bench-ingest-upload bench-ingest-get
+.PHONY: bench-ingest-upload bench-ingest-get test-chaos
 
 bench-ingest-upload bench-ingest-get: bench-ingest-%: install
 	$(STACK) system-deps
 	PYTHONPATH=. $(PY) -m bench.ingest_$*
 
+# Load: a submission storm, a backlog drained by 1/2/4 transcribers, the rate limit across two ingests.
+.PHONY: bench-storm bench-backlog bench-limiter
+
+bench-storm bench-backlog bench-limiter: bench-%: install
+	$(STACK) system-deps
+	PYTHONPATH=. $(PY) -m bench.$*
+
+# Fault injection at full scale: every scenario of tests/chaos/driver.py on a private stack of its
+# own (STT_CHAOS_PORT_BASE, default 27000); the table goes to bench/results/chaos.json. SCENARIOS=…
+# runs some of them. A short seeded version runs inside `make test` (tests/chaos/test_chaos.py).
+test-chaos: install
+	$(STACK) system-deps
+	STT_CHAOS=full PYTHONPATH=. $(PY) -m tests.chaos.driver $(SCENARIOS)
+
 clean: down
 	rm -rf .stack
 
-# Container images, one per service (services/<name>/Dockerfile, built from the repository root).
+# Container images, one per service, all from the one Dockerfile at the repository root (built from
+# the root), each with its build arguments: SERVICE, then IMAGE_ARGS_<name> (skaffold.yaml has the same).
 # BASE_IMAGE=… builds on a local Python 3.11 base (docs/kubernetes.md); DOCKER_BUILD_ARGS passes more.
 IMAGE_SERVICES := ingest chunker transcriber merger notifier maintenance
+IMAGE_ARGS_ingest := PORT=8000 COMMAND=serve
+IMAGE_ARGS_chunker := PORT=8082 APT_PACKAGES=ffmpeg
+IMAGE_ARGS_transcriber := PORT=8083
+IMAGE_ARGS_merger := PORT=8084
+IMAGE_ARGS_notifier := PORT=8085
+IMAGE_ARGS_maintenance := PORT=8086 COMMAND=run
 IMAGE_PREFIX ?= stt-
 IMAGE_TAG ?= dev
 DOCKER ?= docker
@@ -81,8 +102,8 @@ DOCKER_BUILD_ARGS ?=
 images: $(addprefix image-,$(IMAGE_SERVICES))
 
 $(addprefix image-,$(IMAGE_SERVICES)): image-%:
-	$(DOCKER) build $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) $(DOCKER_BUILD_ARGS) \
-		-f services/$*/Dockerfile -t $(IMAGE_PREFIX)$*:$(IMAGE_TAG) .
+	$(DOCKER) build $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) --build-arg SERVICE=$* \
+		$(addprefix --build-arg ,$(IMAGE_ARGS_$*)) $(DOCKER_BUILD_ARGS) -t $(IMAGE_PREFIX)$*:$(IMAGE_TAG) .
 
 # The chart, manifest and dashboard checks alone (they are also part of `make test`).
 chart-test: install

@@ -133,7 +133,15 @@ def test_skaffold_builds_every_service(skaffold: dict[str, Any]) -> None:
     for patch in profiles["no-local-model"]["patches"]:
         index = int(patch["path"].split("/")[3])
         assert images[index] == "stt-transcriber"
-        assert patch["value"] == {"WITH_LOCAL_MODEL": "false"}
+        assert patch["path"].endswith("/docker/buildArgs/WITH_LOCAL_MODEL")
+        assert patch["value"] == "false"
+    # One build argument added to each image's, not its whole map replaced (SERVICE would go).
+    patched = sorted(int(p["path"].split("/")[3]) for p in profiles["local-base"]["patches"])
+    assert patched == list(range(len(images)))
+    for patch in profiles["local-base"]["patches"]:
+        assert patch["path"].endswith("/docker/buildArgs/BASE_IMAGE")
+    for artifact in skaffold["build"]["artifacts"]:
+        assert artifact["docker"]["buildArgs"]["SERVICE"] == artifact["image"].removeprefix("stt-")
 
 
 def test_skaffold_value_templates_are_chart_values(skaffold: dict[str, Any], render: Render) -> None:

@@ -10,8 +10,8 @@ the closure is computed from the lock alone: a package is kept when any package 
 kept, starting from the named workspace packages. Pins, markers and hashes are copied untouched, so
 `uv pip install --require-hashes` still verifies every file against the lock.
 
-Used by the Dockerfiles in their build stage; standard library only, because it runs before
-anything is installed.
+Used by the Dockerfile (at the repository root) in its build stage; standard library only, because it
+runs before anything is installed.
 """
 
 from __future__ import annotations

@@ -23,13 +23,20 @@ class Settings(BaseSettings):
     development: bool = Field(
         default=False, description="Allow placeholder secrets and other conveniences for local work."
     )
-    service_name: str = "stt"
-    log_level: str = "INFO"
+    service_name: str = Field(default="stt", description="The name in logs and metrics.")
+    log_level: str = Field(default="INFO", description="Python logging level (DEBUG, INFO, WARNING, ...).")
 
-    database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/stt"
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    database_url: str = Field(
+        default="postgresql+asyncpg://postgres@127.0.0.1:5432/stt",
+        description="Postgres (SQLAlchemy URL, asyncpg).",
+    )
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0", description="Redis: rate limits and vendor budgets."
+    )
 
-    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_bootstrap_servers: str = Field(
+        default="127.0.0.1:9092", description="Kafka broker(s), comma separated."
+    )
     kafka_enable_idempotence: bool = Field(
         default=True, description="Idempotent producer; off against brokers without InitProducerId (Tansu)."
     )
@@ -41,13 +48,17 @@ class Settings(BaseSettings):
         default=10_000, ge=1000, description="How soon a dead member is noticed."
     )
     kafka_max_poll_interval_ms: int = Field(default=60_000, ge=1000)
-    chunks_topic_partitions: int = Field(default=12, ge=1)
+    chunks_topic_partitions: int = Field(
+        default=12,
+        ge=1,
+        description="Partitions of `stt.chunks.ready` (and its DLQ) when topics are created.",
+    )
     topic_partitions: int = Field(default=3, ge=1, description="Partitions of every other topic.")
     topic_replication_factor: int = Field(default=1, ge=1)
 
-    s3_endpoint_url: str | None = None
+    s3_endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint; AWS when unset.")
     s3_region: str = "us-east-1"
-    s3_bucket: str = "stt"
+    s3_bucket: str = Field(default="stt", description="The bucket every job's objects go to (`jobs/{id}/…`).")
     s3_access_key_id: str = ""
     s3_secret_access_key: SecretStr = SecretStr("")
     s3_multipart_threshold_bytes: int = Field(default=16 * 1024 * 1024, ge=5 * 1024 * 1024)

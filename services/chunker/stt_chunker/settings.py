@@ -12,12 +12,18 @@ class ChunkerSettings(Settings):
     service_name: str = "chunker"
     ops_port: int = 8082
     max_in_flight: int = Field(default=1, ge=1, description="Jobs normalised at once (ffmpeg is CPU-bound).")
-    chunk_seconds: float = Field(default=300.0, gt=10)
-    chunk_overlap_seconds: float = Field(default=10.0, ge=0)
+    chunk_seconds: float = Field(default=300.0, gt=10, description="Planned length of a chunk.")
+    chunk_overlap_seconds: float = Field(
+        default=10.0, ge=0, description="Audio two neighbouring chunks share (the merger cuts inside it)."
+    )
     chunk_search_window_seconds: float = Field(
         default=20.0, ge=0, description="How far around a planned cut to look for silence."
     )
-    ffmpeg_timeout_seconds: float = Field(default=3600.0, gt=0)
+    ffmpeg_timeout_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Longest an ffmpeg/ffprobe run may take; past it the job fails `timeout`.",
+    )
     max_audio_seconds: float = Field(
         default=DEFAULT_MAX_AUDIO_SECONDS,
         gt=0,

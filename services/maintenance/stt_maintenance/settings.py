@@ -24,14 +24,20 @@ class MaintenanceSettings(Settings):
         description="PENDING (upload or URL download running in ingest): failed as `stalled` after "
         "this, since there is nothing to re-emit. Longer than any upload or download may take.",
     )
-    stale_uploaded_seconds: float = Field(default=1800.0, gt=0)
-    stale_chunking_seconds: float = Field(default=1800.0, gt=0)
+    stale_uploaded_seconds: float = Field(
+        default=1800.0, gt=0, description="UPLOADED without activity this long: `stt.jobs.submitted` again."
+    )
+    stale_chunking_seconds: float = Field(
+        default=1800.0, gt=0, description="CHUNKING without activity this long: `stt.jobs.submitted` again."
+    )
     stale_transcribing_seconds: float = Field(
         default=1800.0,
         gt=0,
         description="Counts from the last chunk finished; a live chunk lease is progress.",
     )
-    stale_merging_seconds: float = Field(default=1800.0, gt=0)
+    stale_merging_seconds: float = Field(
+        default=1800.0, gt=0, description="MERGING without activity this long: `stt.jobs.transcribed` again."
+    )
     max_redrives: int = Field(
         default=2, ge=0, description="Re-drives without progress before a stale job is failed as `stalled`."
     )

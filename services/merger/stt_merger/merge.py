@@ -502,7 +502,74 @@ def _drop_segments(chunk: _Chunk, units: Sequence[_Unit]) -> tuple[int, int]:
     return words, len(indices)
 
 
+@dataclass(frozen=True)
+class _Cut:
+    """Where one boundary is cut, how sure the choice is, and what each side drops there.
+
+    ``score`` and ``matched`` describe the alignment that was tried, even when it was not trusted
+    and the method fell back to ``midpoint``.
+    """
+
+    method: MergeMethod
+    cut: float
+    score: float
+    matched: int
+    drop_left: Sequence[_Unit] = ()
+    drop_right: Sequence[_Unit] = ()
+    segment_level: bool = False  # the drops are whole segments (else words, or untimed tokens)
+    # A dropped duplicate's words that its kept copy lacks: (chunk, its segment unit, the remainder).
+    trim: tuple[_Chunk, _Unit, Segment] | None = None
+
+
 def _merge_boundary(left: _Chunk, right: _Chunk, options: MergeOptions) -> MergeDecision:
+    ov_start, ov_end = right.start, left.end
+    if ov_end <= ov_start:
+        found = _Cut("midpoint", (ov_start + ov_end) / 2, 0.0, 0)
+    elif left.estimated or right.estimated:
+        found = _untimed_cut(left, right, options)
+    else:
+        found = _aligned_cut(left, right, options)
+    if found.method == "midpoint":
+        # By word (or, untimed, by interpolated token): a long segment straddling the cut would
+        # otherwise be kept or dropped whole.
+        cut = _cut_time(left.words, right.words, ov_start, ov_end, options)
+        found = _Cut(
+            "midpoint",
+            cut,
+            found.score,
+            found.matched,
+            [u for u in left.words if u.mid >= cut],
+            [u for u in right.words if u.mid < cut],
+        )
+
+    drop = _drop_segments if found.segment_level else _drop_words
+    left_words, left_segments = drop(left, found.drop_left)
+    right_words, right_segments = drop(right, found.drop_right)
+    if found.trim is not None:
+        chunk, unit, rest = found.trim
+        chunk.trimmed[unit.segment] = rest
+    return MergeDecision(
+        left_index=left.index,
+        right_index=right.index,
+        method=found.method,
+        cut_seconds=round(found.cut, 3),
+        score=round(found.score, 3),
+        overlap_start_seconds=ov_start,
+        overlap_end_seconds=ov_end,
+        matched=found.matched,
+        dropped_left_words=left_words,
+        dropped_right_words=right_words,
+        dropped_left_segments=left_segments,
+        dropped_right_segments=right_segments,
+    )
+
+
+def _aligned_cut(left: _Chunk, right: _Chunk, options: MergeOptions) -> _Cut:
+    """Word alignment over the overlap, with trusted times (or, untimed, interpolated tokens).
+
+    ``midpoint`` when the words do not align well enough and both sides have word timings (the
+    caller then cuts by time); untimed, whole-segment duplicates are tried next (`_segment_cut`).
+    """
     ov_start, ov_end = right.start, left.end
     middle = (ov_start + ov_end) / 2
     # Without word timings on a side, its "words" are segment-text tokens with interpolated times.
@@ -514,88 +581,45 @@ def _merge_boundary(left: _Chunk, right: _Chunk, options: MergeOptions) -> Merge
     def in_overlap(units: Sequence[_Unit]) -> int:
         return sum(1 for u in units if ov_start <= u.mid <= ov_end)
 
-    method: MergeMethod = "midpoint"
-    score = 0.0
-    matched = 0
-    cut = middle
-    drop_left: list[_Unit] = []
-    drop_right: list[_Unit] = []
-    segment_level = False  # drops are whole segments (else words/tokens)
-    trim: tuple[_Chunk, _Unit, Segment] | None = None
+    tail = [u for u in left.words if u.mid >= ov_start - margin]
+    head = [u for u in right.words if u.mid <= ov_end + margin]
+    pairs = _align(tail, head, _word_score(options, timed=timed))
+    smaller = min(in_overlap(left.words), in_overlap(right.words))
+    score = min(1.0, len(pairs) / smaller) if smaller else 0.0
+    if len(pairs) < options.min_matches or score < options.min_score:
+        if not timed:
+            return _segment_cut(left, right, options)
+        return _Cut("midpoint", middle, score, len(pairs))
+    # A pair inside a run of consecutive matches is surer than an isolated one.
+    run_length = [len(run) for run in _runs(pairs) for _ in run]
 
-    if ov_end > ov_start and (left.estimated or right.estimated):
-        method, cut, score, matched, drop_left, drop_right = _untimed_cut(left, right, options)
-    elif ov_end > ov_start:
-        tail = [u for u in left.words if u.mid >= ov_start - margin]
-        head = [u for u in right.words if u.mid <= ov_end + margin]
-        pairs = _align(tail, head, _word_score(options, timed=timed))
-        smaller = min(in_overlap(left.words), in_overlap(right.words))
-        score = min(1.0, len(pairs) / smaller) if smaller else 0.0
-        matched = len(pairs)
-        if len(pairs) >= options.min_matches and score >= options.min_score:
-            # A pair inside a run of consecutive matches is surer than an isolated one.
-            run_length = [len(run) for run in _runs(pairs) for _ in run]
+    def cost(k: int) -> float:
+        distance = abs((pairs[k][0].mid + pairs[k][1].mid) / 2 - middle)
+        return distance + (options.isolated_match_penalty_seconds if run_length[k] == 1 else 0)
 
-            def cost(k: int) -> float:
-                distance = abs((pairs[k][0].mid + pairs[k][1].mid) / 2 - middle)
-                return distance + (options.isolated_match_penalty_seconds if run_length[k] == 1 else 0)
-
-            a, b = pairs[min(range(len(pairs)), key=cost)]
-            pair_cut = (a.start + b.start) / 2
-            # Interpolated times say nothing about pauses: only real word timings can place a cut
-            # in silence.
-            pause = _pause_cut(left.words, right.words, ov_start, ov_end, options, pairs) if timed else None
-            method = "word_alignment" if timed else "segment_similarity"
-            if pause is None or abs(pause - middle) >= abs(pair_cut - middle):
-                cut = pair_cut
-                drop_left = left.words[a.position :]
-                drop_right = right.words[: b.position]
-            else:  # a pause nearer the middle, consistent with the alignment: as safe a cut
-                cut = pause
-                drop_left = [u for u in left.words if u.mid >= cut]
-                drop_right = [u for u in right.words if u.mid < cut]
-        elif not timed:
-            segment_level = True
-            method, cut, score, matched, drop_left, drop_right, trim = _segment_cut(left, right, options)
-
-    if method == "midpoint":
-        # By word (or, untimed, by interpolated token): a long segment straddling the cut would
-        # otherwise be kept or dropped whole.
-        segment_level = False
-        cut = _cut_time(left.words, right.words, ov_start, ov_end, options)
-        drop_left = [u for u in left.words if u.mid >= cut]
-        drop_right = [u for u in right.words if u.mid < cut]
-
-    drop = _drop_segments if segment_level else _drop_words
-    left_words, left_segments = drop(left, drop_left)
-    right_words, right_segments = drop(right, drop_right)
-    if trim is not None:
-        chunk, unit, rest = trim
-        chunk.trimmed[unit.segment] = rest
-    return MergeDecision(
-        left_index=left.index,
-        right_index=right.index,
-        method=method,
-        cut_seconds=round(cut, 3),
-        score=round(score, 3),
-        overlap_start_seconds=ov_start,
-        overlap_end_seconds=ov_end,
-        matched=matched,
-        dropped_left_words=left_words,
-        dropped_right_words=right_words,
-        dropped_left_segments=left_segments,
-        dropped_right_segments=right_segments,
+    a, b = pairs[min(range(len(pairs)), key=cost)]
+    pair_cut = (a.start + b.start) / 2
+    # Interpolated times say nothing about pauses: only real word timings can place a cut in silence.
+    pause = _pause_cut(left.words, right.words, ov_start, ov_end, options, pairs) if timed else None
+    method: MergeMethod = "word_alignment" if timed else "segment_similarity"
+    if pause is None or abs(pause - middle) >= abs(pair_cut - middle):
+        return _Cut(method, pair_cut, score, len(pairs), left.words[a.position :], right.words[: b.position])
+    # A pause nearer the middle, consistent with the alignment: as safe a cut.
+    return _Cut(
+        method,
+        pause,
+        score,
+        len(pairs),
+        [u for u in left.words if u.mid >= pause],
+        [u for u in right.words if u.mid < pause],
     )
 
 
-def _untimed_cut(
-    left: _Chunk, right: _Chunk, options: MergeOptions
-) -> tuple[MergeMethod, float, float, int, list[_Unit], list[_Unit]]:
+def _untimed_cut(left: _Chunk, right: _Chunk, options: MergeOptions) -> _Cut:
     """Word alignment that does not trust the times, for estimated ones (see the module docstring).
 
-    Returns (method, cut, score, matched, left drops, right drops); ``midpoint`` with no drops when
-    the words do not align (the caller then cuts by time). A trusted alignment's pairs are kept in
-    ``right.matched_previous`` for the speaker mapping.
+    ``midpoint`` with no drops when the words do not align (the caller then cuts by time). A trusted
+    alignment's pairs are kept in ``right.matched_previous`` for the speaker mapping.
     """
     ov_start, ov_end = right.start, left.end
     middle = (ov_start + ov_end) / 2
@@ -625,11 +649,11 @@ def _untimed_cut(
     share = min(1.0, len(pairs) / smaller) if smaller else 0.0
     long_run = any(len(run) >= options.untimed_min_run for run in runs)
     if len(in_runs) < options.min_matches or (share < options.min_score and not long_run):
-        return "midpoint", middle, share, len(pairs), [], []
+        return _Cut("midpoint", middle, share, len(pairs))
     # The middle of what both chunks heard is the middle of the overlap, counted in words.
     a, b = in_runs[(len(in_runs) - 1) // 2]
     right.matched_previous = pairs
-    return (
+    return _Cut(
         "untimed_word_alignment",
         (a.start + b.start) / 2,
         share,
@@ -639,16 +663,11 @@ def _untimed_cut(
     )
 
 
-_SegmentCut = tuple[
-    MergeMethod, float, float, int, list[_Unit], list[_Unit], "tuple[_Chunk, _Unit, Segment] | None"
-]
-
-
-def _segment_cut(left: _Chunk, right: _Chunk, options: MergeOptions) -> _SegmentCut:
+def _segment_cut(left: _Chunk, right: _Chunk, options: MergeOptions) -> _Cut:
     """Whole-segment duplicates, for when even the segment texts' tokens do not align.
 
-    Returns (method, cut, score, matched, left drops, right drops, trimmed segment); the method is
-    ``midpoint`` when no pair of segments is similar enough (the caller then cuts by time).
+    ``midpoint`` when no pair of segments is similar enough (the caller then cuts by time); else the
+    drops are whole segments, and the dropped copy's remainder, if any, is the ``trim``.
     """
     ov_start, ov_end = right.start, left.end
     middle = (ov_start + ov_end) / 2
@@ -656,7 +675,7 @@ def _segment_cut(left: _Chunk, right: _Chunk, options: MergeOptions) -> _Segment
     head = [u for u in right.segment_units if u.start < ov_end]
     pairs = _align(tail, head, _segment_score(options))
     if not pairs:
-        return "midpoint", middle, 0.0, 0, [], [], None
+        return _Cut("midpoint", middle, 0.0, 0)
     score = min(1.0, len(pairs) / min(len(tail), len(head)))
     a, b = min(pairs, key=lambda p: abs((p[0].mid + p[1].mid) / 2 - middle))
     # Keep the fuller copy (the other was cut at a chunk edge); if equal, the one farther from its
@@ -665,27 +684,27 @@ def _segment_cut(left: _Chunk, right: _Chunk, options: MergeOptions) -> _Segment
     if keep_left:
         rest = _remainder(a, right.segments[b.segment], tail=True)
         drop_right = right.segment_units[: b.position + (1 if rest is None else 0)]
-        trim = None if rest is None else (right, b, rest)
-        return (
+        return _Cut(
             "segment_similarity",
             a.end,
             score,
             len(pairs),
             left.segment_units[a.position + 1 :],
             drop_right,
-            trim,
+            segment_level=True,
+            trim=None if rest is None else (right, b, rest),
         )
     rest = _remainder(b, left.segments[a.segment], tail=False)
     drop_left = left.segment_units[a.position + (0 if rest is None else 1) :]
-    trim = None if rest is None else (left, a, rest)
-    return (
+    return _Cut(
         "segment_similarity",
         b.start,
         score,
         len(pairs),
         drop_left,
         right.segment_units[: b.position],
-        trim,
+        segment_level=True,
+        trim=None if rest is None else (left, a, rest),
     )
 
 

@@ -13,13 +13,21 @@ class TranscriberSettings(ProviderSettings):
         default=1, ge=1, description="Chunks handled at once; raise it for remote providers (I/O-bound)."
     )
     lease_seconds: float = Field(default=60.0, gt=0, description="How long a claimed chunk stays ours.")
-    lease_renew_seconds: float = Field(default=15.0, gt=0)
+    lease_renew_seconds: float = Field(
+        default=15.0, gt=0, description="How often a held chunk's lease is renewed while it is worked on."
+    )
     provider_attempts: int = Field(
         default=5, ge=1, description="Tries per provider call on transient errors."
     )
-    backoff_base_seconds: float = Field(default=1.0, ge=0)
-    backoff_max_seconds: float = Field(default=60.0, ge=0)
-    coverage_gap_seconds: float = Field(default=15.0, gt=0)
+    backoff_base_seconds: float = Field(
+        default=1.0, ge=0, description="First retry delay (doubled per try, full jitter)."
+    )
+    backoff_max_seconds: float = Field(
+        default=60.0, ge=0, description="Longest retry delay, a vendor's `Retry-After` included."
+    )
+    coverage_gap_seconds: float = Field(
+        default=15.0, gt=0, description="Speech left untranscribed this long counts as a gap (retried)."
+    )
     coverage_retries: int = Field(default=2, ge=0, description="Extra tries when a chunk has a speech gap.")
     context_segments: int = Field(default=3, ge=0, description="Previous segments given in chained mode.")
 
