@@ -161,13 +161,17 @@ def block_reason(address: IPAddress, allow: Sequence[IPNetwork] = ()) -> str | N
     candidates: list[IPAddress] = [address, *embedded]
     if any(candidate in METADATA_ADDRESSES for candidate in candidates):
         return "cloud metadata"
-    if any(candidate in network for candidate in candidates for network in allow):
-        return None
+    # The allow-list vouches for each address it covers, not for the others the same address
+    # carries (a Teredo address names a server and a client: allowing one must not admit the other).
     for candidate in embedded:
+        if any(candidate in network for network in allow):
+            continue
         reason = _special_use(candidate)
         if reason is not None:
             return f"{reason} (embedded IPv4)"
     if isinstance(address, ipaddress.IPv6Address) and _ipv4_alias(address) is not None:
+        return None
+    if any(candidate in network for candidate in candidates for network in allow):
         return None
     return _special_use(address)
 
