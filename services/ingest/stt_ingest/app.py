@@ -54,6 +54,30 @@ TAGS = [
     {"name": "operations", "description": "Health, readiness and metrics."},
 ]
 
+# OpenAPI links: where a job id comes from (operation, status, expression), and every operation it
+# can be given to. They document the flow (submit, then follow, cancel, retry, delete) and let
+# stateful clients and tests (schemathesis) chain the calls.
+JOB_PATH = "/api/v1/jobs/{job_id}"
+JOB_ID_SOURCES: list[tuple[str, str, str, str]] = [
+    ("post", UPLOAD_PATH, "202", "$response.body#/job_id"),
+    ("post", "/api/v1/transcribe/url", "202", "$response.body#/job_id"),
+    ("get", "/api/v1/jobs", "200", "$response.body#/items/0/id"),
+    ("get", JOB_PATH, "200", "$response.body#/id"),
+    ("post", JOB_PATH + "/cancel", "200", "$response.body#/id"),
+    ("post", JOB_PATH + "/retry", "202", "$response.body#/id"),
+    ("delete", JOB_PATH, "204", "$request.path.job_id"),
+]
+JOB_ID_TARGETS: dict[str, tuple[str, str]] = {
+    "GetJob": ("get", JOB_PATH),
+    "GetJobEvents": ("get", JOB_PATH + "/events"),
+    "GetJobResult": ("get", JOB_PATH + "/result"),
+    "CancelJob": ("post", JOB_PATH + "/cancel"),
+    "RetryJob": ("post", JOB_PATH + "/retry"),
+    "DeleteJob": ("delete", JOB_PATH),
+    "GetJobWebhooks": ("get", JOB_PATH + "/webhooks"),
+    "RedeliverJobWebhook": ("post", JOB_PATH + "/webhooks/redeliver"),
+}
+
 
 def _lifespan(
     settings: IngestSettings, resolver: Resolver | None, fetch_ssl_context: ssl.SSLContext | None
@@ -126,8 +150,21 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
                 responses["422"] = {"description": "Validation error", "content": problem_content}
     components.pop("HTTPValidationError", None)
     components.pop("ValidationError", None)
+    _add_job_links(schema["paths"])
     app.openapi_schema = schema
     return schema
+
+
+def _add_job_links(paths: dict[str, Any]) -> None:
+    """Links from every answer that names a job to every operation on a job."""
+    for method, path, status, expression in JOB_ID_SOURCES:
+        response = paths[path][method]["responses"][status]
+        links = response.setdefault("links", {})
+        for name, (target_method, target_path) in JOB_ID_TARGETS.items():
+            links[name] = {
+                "operationId": paths[target_path][target_method]["operationId"],
+                "parameters": {"job_id": expression},
+            }
 
 
 def create_app(
