@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
+from difflib import SequenceMatcher
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,9 @@ from stt_common.kafka import EventProducer
 from stt_common.s3 import ObjectStore
 from stt_common.settings import Settings
 from stt_devstack.harness import Jobs, ServiceProcess, stop_services
+from stt_devstack.wer import normalise
 
-__all__ = ["Jobs", "ServiceProcess"]
+__all__ = ["Jobs", "ServiceProcess", "unmatched_runs"]
 
 StartService = Callable[..., Awaitable[ServiceProcess]]
 
@@ -70,3 +72,19 @@ async def jobs(
         # A test's unfinished jobs (chunks no transcriber of its own took) must not become the next
         # module's backlog.
         await jobs.cancel_unfinished()
+
+
+def unmatched_runs(reference: str, document: dict) -> list[tuple[float, int]]:  # type: ignore[type-arg]
+    """(time in the result, length) of each run of words one side has and the other lacks."""
+    timed = [
+        (word["start"], token)
+        for segment in document["segments"]
+        for word in segment.get("words") or []
+        for token in normalise(word["text"]).split()
+    ]
+    a, b = normalise(reference).split(), [token for _, token in timed]
+    runs = []
+    for tag, i1, i2, j1, j2 in SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
+        if tag != "equal":
+            runs.append((timed[min(j1, len(timed) - 1)][0], max(i2 - i1, j2 - j1)))
+    return runs

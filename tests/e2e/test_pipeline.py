@@ -10,18 +10,15 @@ import json
 import os
 import signal
 import uuid
-from difflib import SequenceMatcher
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 
 from stt_common.db.models import ChunkStatus, JobStatus
-from stt_common.providers import ProviderRequest
 from stt_common.s3 import ObjectStore, chunk_result_key, result_key
-from stt_devstack.wer import normalise, wer
-from stt_transcriber.providers.local import LocalWhisperProvider
-from tests.e2e.conftest import Jobs, ServiceProcess, StartService
+from stt_devstack.wer import wer
+from tests.e2e.conftest import Jobs, ServiceProcess, StartService, unmatched_runs
 from tests.fixtures.audio import (
     ESPEAK_VOICE,
     ESPEAK_WPM,
@@ -39,22 +36,6 @@ pytestmark = pytest.mark.slow
 def chunks_of(document: dict) -> list[dict]:  # type: ignore[type-arg]
     chunks: list[dict] = document["chunks"]  # type: ignore[type-arg]
     return chunks
-
-
-def unmatched_runs(reference: str, document: dict) -> list[tuple[float, int]]:  # type: ignore[type-arg]
-    """(time in the result, length) of each run of words one side has and the other lacks."""
-    timed = [
-        (word["start"], token)
-        for segment in document["segments"]
-        for word in segment.get("words") or []
-        for token in normalise(word["text"]).split()
-    ]
-    a, b = normalise(reference).split(), [token for _, token in timed]
-    runs = []
-    for tag, i1, i2, j1, j2 in SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
-        if tag != "equal":
-            runs.append((timed[min(j1, len(timed) - 1)][0], max(i2 - i1, j2 - j1)))
-    return runs
 
 
 @pytest.fixture(scope="module")
@@ -93,31 +74,6 @@ async def test_real_speech_over_two_chunks(
     for fmt in ("txt", "srt", "vtt"):
         assert (await store.get_bytes(result_key(job_id, fmt))).strip()
     assert document["segments"][0]["words"]
-
-
-async def test_twenty_minutes_of_speech_match_a_single_pass(
-    pipeline: dict[str, ServiceProcess], jobs: Jobs, store: ObjectStore, tmp_path: Path
-) -> None:
-    sentences = varied_sentences(280)
-    audio = tmp_path / "twenty.wav"
-    espeak_wav(audio, sentences, gap_seconds=0.8, voice=ESPEAK_VOICE, words_per_minute=ESPEAK_WPM)
-    job_id = await jobs.submit(audio)
-    # The single pass runs while the pipeline works: same model, same settings, whole file at once.
-    single_pass = await LocalWhisperProvider().transcribe(audio, ProviderRequest())
-    document = await completed_document(jobs, store, job_id, timeout=600)
-    assert (await jobs.get(job_id)).chunks_total >= 4
-    reference = " ".join(sentences)
-    # On failure, say which chunks went wrong and what the pipeline noticed about them.
-    assert wer(reference, document["text"]) <= wer(reference, single_pass.text) + 0.015, (
-        chunks_of(document),
-        document["quality"],
-    )
-    # No sentence lost or doubled at a boundary: near each cut, nothing the single pass heard is
-    # missing or repeated. (Inside a chunk the model may skip a sentence either way; WER covers that.)
-    cuts = [decision["cut_seconds"] for decision in document["quality"]["merge_decisions"]]
-    assert len(cuts) == len(chunks_of(document)) - 1
-    for seconds, run in unmatched_runs(single_pass.text, document):
-        assert run < 4 or min(abs(seconds - cut) for cut in cuts) > 15, (seconds, run, cuts)
 
 
 async def test_video_file(
@@ -210,7 +166,8 @@ async def test_killing_a_transcriber_mid_chunk_loses_nothing(
 ) -> None:
     second = await start_service("transcriber", STT_LEASE_SECONDS="12", STT_LEASE_RENEW_SECONDS="3")
     audio = tmp_path / "long.wav"
-    sentences = varied_sentences(280)
+    # ~11 minutes: three chunks, so both transcribers are busy at once.
+    sentences = varied_sentences(150)
     espeak_wav(audio, sentences, gap_seconds=0.8, voice=ESPEAK_VOICE, words_per_minute=ESPEAK_WPM)
     job_id = await jobs.submit(audio)
 
