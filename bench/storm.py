@@ -52,7 +52,8 @@ async def main() -> None:
                 bench.service(name, STT_LOG_LEVEL="INFO", STT_COVERAGE_RETRIES="0")
                 for name in ("chunker", "transcriber", "merger", "notifier")
             ]
-            ingest, base_url = await start_ingest(bench)
+            # Each key holds up to jobs / keys unfinished jobs at once: lift the cap on active jobs.
+            ingest, base_url = await start_ingest(bench, STT_MAX_ACTIVE_JOBS_PER_KEY="0")
             await asyncio.gather(*(worker.ready() for worker in workers))
             for worker in workers[:3]:  # the stages that consume job topics: wait for their partitions
                 await wait_until(

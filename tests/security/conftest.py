@@ -61,6 +61,7 @@ def ingest_process(
         STT_UPLOAD_IDLE_TIMEOUT_SECONDS=str(UPLOAD_IDLE_TIMEOUT),
         STT_UPLOAD_PART_BYTES=str(UPLOAD_PART_BYTES),
         STT_MAX_UPLOAD_BYTES=str(64 * 1024 * 1024),
+        STT_MAX_ACTIVE_JOBS_PER_KEY="0",  # hundreds of hostile submissions by one key, none processed
         STT_SSRF_ALLOW_NETWORKS=f"{BOUNCER_HOST}/32",
         STT_OPENAI_API_KEY=FAKE_OPENAI_KEY,
         STT_GEMINI_API_KEY=FAKE_GEMINI_KEY,

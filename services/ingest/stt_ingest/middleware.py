@@ -4,7 +4,8 @@
   every log line of the request (structlog contextvars) and returned on the response.
 * Metrics by route *template* (`/api/v1/jobs/{job_id}`), never the raw path.
 * The last resort for unhandled exceptions: logged with the stack trace, answered as a generic 500
-  problem that carries only the request id.
+  problem that carries only the request id; or, when the database could not be reached (down or
+  restarting), as a 503 with Retry-After, so clients retry instead of giving up.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import uuid
 
 import structlog
 from fastapi import HTTPException
+from sqlalchemy.exc import DBAPIError
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -27,6 +29,25 @@ log = get_logger(__name__)
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def database_unavailable(error: BaseException) -> bool:
+    """True when `error` (or what caused it) says the database is unreachable or restarting: the
+    connection refused, reset or closed, or Postgres starting up or shutting down."""
+    seen: BaseException | None = error
+    for _ in range(10):  # a cause chain is short; never loop on a cycle
+        if seen is None:
+            return False
+        if isinstance(seen, DBAPIError) and seen.connection_invalidated:
+            return True
+        if isinstance(seen, ConnectionError):
+            return True
+        # The driver's error (asyncpg's, in the chain): SQLSTATE class 08 is "connection exception",
+        # 57P "operator intervention" (shutting down, starting up: "cannot connect now").
+        if str(getattr(seen, "sqlstate", None) or "").startswith(("08", "57P")):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def request_id_from(headers: Headers) -> str:
@@ -68,27 +89,27 @@ class RequestContextMiddleware:
         structlog.contextvars.bind_contextvars(request_id=request_id)
         try:
             await self.app(scope, receive, send_with_id)
-        except Exception:
+        except Exception as error:
             log.exception("unhandled error", method=scope.get("method"), route=route_template(scope))
             if response_started:
                 raise
-            status = 500
-            body = problem_body(
-                500,
-                "internal_error",
-                "Something went wrong on our side; quote the request id if you report it.",
-                instance=scope.get("path"),
-                request_id=request_id,
-            )
+            headers = [(REQUEST_ID_HEADER.lower().encode(), request_id.encode())]
+            if database_unavailable(error):
+                status, code, detail = 503, "database_unavailable", "Try again shortly."
+                headers.append((b"retry-after", b"5"))
+            else:
+                status, code = 500, "internal_error"
+                detail = "Something went wrong on our side; quote the request id if you report it."
+            body = problem_body(status, code, detail, instance=scope.get("path"), request_id=request_id)
             payload = json.dumps(body).encode()
             await send(
                 {
                     "type": "http.response.start",
-                    "status": 500,
+                    "status": status,
                     "headers": [
                         (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
                         (b"content-length", str(len(payload)).encode()),
-                        (REQUEST_ID_HEADER.lower().encode(), request_id.encode()),
+                        *headers,
                     ],
                 }
             )

@@ -73,6 +73,13 @@ class IngestSettings(ProviderSettings):
         default=10, ge=0, description="Submissions per key per window, unless the key sets its own; 0 = off."
     )
     rate_limit_window_seconds: int = Field(default=60, ge=1)
+    max_active_jobs_per_key: int = Field(
+        default=100,
+        ge=0,
+        description="Unfinished jobs one key may have at once; more are refused (429) until some "
+        "finish. Work is served first come, first served across keys, so this bounds how much of one "
+        "key's backlog another key's jobs can wait behind; 0 = no limit.",
+    )
 
     # Idempotency-Key.
     idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=60)

@@ -58,6 +58,9 @@ def ingest_settings(settings: Settings, **overrides: Any) -> IngestSettings:
         **NO_PROVIDER_KEYS,
         "development": True,
         "kafka_enable_idempotence": False,
+        # No pipeline runs here, so every job a test submits stays unfinished: one key's submissions
+        # over a module would reach the cap (test_policies tests the cap with its own setting).
+        "max_active_jobs_per_key": 0,
     }
     values.update(overrides)
     return IngestSettings(**values)

@@ -117,6 +117,32 @@ async def test_a_key_can_have_its_own_limit_or_none(api: Api, make_key: KeyFacto
         assert "ratelimit-limit" not in response.headers
 
 
+async def test_a_key_holds_at_most_its_share_of_unfinished_jobs(
+    make_api: AppFactory, make_key: KeyFactory
+) -> None:
+    busy, other = await make_key(rate_limit=0), await make_key(rate_limit=0)
+    async with make_api(max_active_jobs_per_key=2) as started:
+        accepted = [await post_upload(started, busy) for _ in range(2)]
+        assert [response.status_code for response in accepted] == [202, 202]
+        refused = await post_upload(started, busy)
+        problem = assert_problem(refused, 429, "too_many_active_jobs")
+        assert "2 unfinished jobs" in problem["detail"] and "as they finish" in problem["detail"]
+        assert refused.headers["retry-after"] == "30"
+        url = await started.client.post(
+            "/api/v1/transcribe/url", headers=busy.headers, json={"url": "http://127.0.0.1/a.wav"}
+        )
+        assert_problem(url, 429, "too_many_active_jobs")  # refused before the URL is even looked at
+        # Another key is not held back by this one's backlog.
+        assert (await post_upload(started, other)).status_code == 202
+        # A finished job frees its place.
+        job_id = accepted[0].json()["job_id"]
+        cancel = await started.client.post(f"/api/v1/jobs/{job_id}/cancel", headers=busy.headers)
+        assert cancel.status_code == 200, cancel.text
+        assert (await post_upload(started, busy)).status_code == 202
+        metrics = (await started.client.get("/metrics")).text
+    assert 'stt_ingest_submissions_total{kind="upload",outcome="too_many_active_jobs"} 1.0' in metrics
+
+
 # -- problems, request ids ----------------------------------------------------------------------
 
 

@@ -8,7 +8,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Header, Request
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
+from sqlalchemy import func, select
 
+from stt_common.db.models import ACTIVE_JOB_STATUSES, Job
 from stt_common.logs import get_logger
 from stt_ingest import idempotency, metrics
 from stt_ingest.auth import PrincipalDep
@@ -25,8 +27,11 @@ router = APIRouter(prefix="/api/v1", tags=["submit"])
 UPLOAD_PATH = "/api/v1/transcribe"
 
 
-async def submission_rate_limit(state: StateDep, principal: PrincipalDep) -> RateDecision | None:
-    """Per-key limit on submissions (the key's own limit, else the service default; 0 = none)."""
+async def submission_rate_limit(
+    request: Request, state: StateDep, principal: PrincipalDep
+) -> RateDecision | None:
+    """Per-key limits on submissions, checked before any byte of the body is read: the rate (the
+    key's own limit, else the service default; 0 = none), then the unfinished jobs it may hold."""
     limit = principal.rate_limit_per_minute
     if limit is None:
         limit = state.settings.rate_limit_per_minute
@@ -46,7 +51,33 @@ async def submission_rate_limit(state: StateDep, principal: PrincipalDep) -> Rat
             f"retry in {decision.reset_seconds} s.",
             headers=decision.headers(),
         )
+    await _refuse_beyond_active_jobs(state, principal, "upload" if request.url.path == UPLOAD_PATH else "url")
     return decision
+
+
+async def _refuse_beyond_active_jobs(state: StateDep, principal: PrincipalDep, kind: str) -> None:
+    """Work is served first come, first served across keys: capping each key's unfinished jobs
+    bounds how long one key's backlog can keep another key's jobs waiting. A soft cap: submissions
+    racing each other may pass it by their number."""
+    limit = state.settings.max_active_jobs_per_key
+    if not limit:
+        return
+    async with state.sessionmaker() as session:
+        active = await session.scalar(
+            select(func.count())
+            .select_from(Job)
+            .where(Job.api_key_id == principal.key_id, Job.status.in_(list(ACTIVE_JOB_STATUSES)))
+        )
+    if (active or 0) >= limit:
+        metrics.SUBMISSIONS.labels(kind, "too_many_active_jobs").inc()
+        raise ApiProblem(
+            429,
+            "too_many_active_jobs",
+            f"This key has {active} unfinished jobs, the most it may have at once ({limit}); submit "
+            "more as they finish (or cancel some), or ask the operator to raise "
+            "STT_MAX_ACTIVE_JOBS_PER_KEY.",
+            headers={"Retry-After": "30"},
+        )
 
 
 RateDep = Annotated[RateDecision | None, Depends(submission_rate_limit)]
