@@ -1,12 +1,11 @@
 """SSRF-safe HTTP(S) download of a client-supplied URL.
 
-Per hop: `ssrf.check_url` resolves the host once and checks every address; the request then goes to
-the checked address itself (the URL is rewritten to the IP), with the original `Host` header and, for
-https, the original name as SNI and certificate hostname (`sni_hostname`), so there is no second DNS
-lookup a rebinding attacker could answer differently. Redirects are never followed by httpx: each
-`Location` is checked like the first URL, up to `max_redirects` hops. Proxies from the environment
-are ignored (`trust_env=False`), bodies are read raw (`Accept-Encoding: identity`, no decompression)
-so the byte limit is the real limit, and connect/read timeouts bound a slow source.
+The request goes through `stt_common.pinned.PinnedClient`: every hop is checked by `ssrf.check_url`
+and sent to the checked address itself (original `Host` header and TLS name), no proxy from the
+environment, each redirect's `Location` checked like the first URL, up to `max_redirects` hops.
+Here are only the download's own rules: bodies are read raw (`Accept-Encoding: identity`, no
+decompression) so the byte limit is the real limit, connect/read timeouts bound a slow source, and
+every failure is a `FetchError` with the job's error code.
 """
 
 from __future__ import annotations
@@ -17,16 +16,24 @@ import ssl
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from email.message import Message
-from urllib.parse import unquote, urljoin
+from urllib.parse import unquote
 
 import httpx
 
 from stt_common.errors import ErrorCode
-from stt_common.ssrf import IPNetwork, Resolver, Target, UnsafeUrlError, check_url
+from stt_common.pinned import (
+    REDIRECT_CODES,
+    ConnectFailedError,
+    PinnedClient,
+    PinnedError,
+    RedirectRefusedError,
+    TooManyRedirectsError,
+)
+from stt_common.ssrf import IPNetwork, Resolver, Target
 
-_REDIRECTS = {301, 302, 303, 307, 308}
 _READ_BLOCK = 64 * 1024
 USER_AGENT = "stt-ingest/0.1 (+url-ingest)"
+_HEADERS = {"User-Agent": USER_AGENT, "Accept": "*/*", "Accept-Encoding": "identity"}
 
 
 class FetchError(Exception):
@@ -96,6 +103,8 @@ def filename_from(response: httpx.Response, url: str) -> str | None:
 
 
 class SafeFetcher:
+    """GETs a client-supplied URL through `PinnedClient`; only the ingest's rules live here."""
+
     def __init__(
         self,
         *,
@@ -104,110 +113,64 @@ class SafeFetcher:
         limits: FetchLimits,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        self._resolver = resolver
-        self._allow = list(allow)
         self._limits = limits
-        self._verify: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
+        self._client = PinnedClient(
+            resolver=resolver,
+            allow=allow,
+            connect_timeout=limits.connect_timeout,
+            read_timeout=limits.read_timeout,
+            dns_timeout=limits.dns_timeout,
+            max_url_length=limits.max_url_length,
+            ssl_context=ssl_context,
+        )
 
     async def check(self, url: str) -> Target:
-        return await check_url(
-            url,
-            resolver=self._resolver,
-            allow=self._allow,
-            dns_timeout=self._limits.dns_timeout,
-            max_length=self._limits.max_url_length,
-        )
+        return await self._client.check(url)
 
-    def _timeout(self) -> httpx.Timeout:
-        return httpx.Timeout(
-            connect=self._limits.connect_timeout,
-            read=self._limits.read_timeout,
-            write=self._limits.read_timeout,
-            pool=self._limits.connect_timeout,
-        )
-
-    async def _send(self, client: httpx.AsyncClient, target: Target) -> httpx.Response:
-        """GET the target from each checked address in turn until one connects."""
-        headers = {
-            "Host": target.host_header,
-            "User-Agent": USER_AGENT,
-            "Accept": "*/*",
-            "Accept-Encoding": "identity",
-        }
-        extensions: dict[str, object] = {}
-        if target.scheme == "https" and target.literal is None:
-            extensions["sni_hostname"] = target.host
-        last_error: Exception | None = None
-        for address in target.addresses:
-            url = httpx.URL(
-                scheme=target.scheme, host=str(address), port=target.port, raw_path=target.path.encode()
-            )
-            request = client.build_request("GET", url, headers=headers, extensions=extensions)
-            try:
-                return await client.send(request, stream=True)
-            except httpx.TimeoutException as exc:
-                last_error = exc
-            except httpx.ConnectError as exc:
-                last_error = exc
-            except httpx.HTTPError as exc:
-                raise FetchError("source_error", "The request to the source failed.") from exc
-        if isinstance(last_error, httpx.TimeoutException):
-            raise FetchError(
-                "source_timeout", "The source did not answer in time.", job_code=ErrorCode.TIMEOUT
-            ) from last_error
-        raise FetchError("source_unreachable", "Could not connect to the source.") from last_error
-
-    def _client(self) -> httpx.AsyncClient:
-        # One client (one connection pool) per hop: a pooled connection is keyed by address and
-        # must not be reused for a different host name.
-        return httpx.AsyncClient(
-            trust_env=False,
-            follow_redirects=False,
-            timeout=self._timeout(),
-            transport=httpx.AsyncHTTPTransport(verify=self._verify, retries=0, trust_env=False),
-        )
+    def _fetch_error(self, exc: PinnedError) -> FetchError:
+        if isinstance(exc, RedirectRefusedError):
+            return FetchError("redirect_blocked", f"A redirect was refused: {exc.refusal.message}")
+        if isinstance(exc, TooManyRedirectsError):
+            return FetchError("too_many_redirects", f"More than {self._limits.max_redirects} redirects.")
+        if isinstance(exc, ConnectFailedError):
+            if exc.timed_out:
+                return FetchError(
+                    "source_timeout", "The source did not answer in time.", job_code=ErrorCode.TIMEOUT
+                )
+            return FetchError("source_unreachable", "Could not connect to the source.")
+        return FetchError("source_error", "The request to the source failed.")
 
     @contextlib.asynccontextmanager
     async def open(self, url: str) -> AsyncIterator[Download]:
-        """Follow the URL (and its redirects, each checked) to a 2xx response and hold it open."""
+        """Follow the URL (and its redirects, each checked) to a 2xx response and hold it open.
+
+        A refused first URL raises `UnsafeUrlError`; every other failure is a `FetchError`."""
         hops: list[str] = []
-        current = url
-        while True:
+        async with contextlib.AsyncExitStack() as stack:
             try:
-                target = await self.check(current)
-            except UnsafeUrlError as exc:
-                if not hops:
-                    raise
-                raise FetchError("redirect_blocked", f"A redirect was refused: {exc.message}") from exc
-            hops.append(target.url)
-            client = self._client()
-            try:
-                response = await self._send(client, target)
-            except BaseException:
-                await client.aclose()
-                raise
-            try:
-                if response.status_code in _REDIRECTS and "location" in response.headers:
-                    if len(hops) > self._limits.max_redirects:
-                        raise FetchError(
-                            "too_many_redirects", f"More than {self._limits.max_redirects} redirects."
-                        )
-                    current = urljoin(target.url, response.headers["location"])
-                    continue
-                if not 200 <= response.status_code < 300:
-                    raise FetchError("source_http_error", f"The source answered HTTP {response.status_code}.")
-                length_header = response.headers.get("content-length", "")
-                content_length = int(length_header) if length_header.isdigit() else None
-                if content_length is not None and content_length > self._limits.max_bytes:
-                    raise FetchError("too_large", f"The file is larger than {self._limits.max_bytes} bytes.")
-                yield Download(
-                    url=target.url,
-                    filename=filename_from(response, target.url),
-                    content_length=content_length,
-                    _response=response,
-                    hops=hops,
+                answer = await stack.enter_async_context(
+                    self._client.open(
+                        url,
+                        method="GET",
+                        headers=_HEADERS,
+                        redirect_codes=REDIRECT_CODES,
+                        max_redirects=self._limits.max_redirects,
+                        hops=hops,
+                    )
                 )
-                return
-            finally:
-                await response.aclose()
-                await client.aclose()
+            except PinnedError as exc:
+                raise self._fetch_error(exc) from exc
+            response = answer.response
+            if not 200 <= response.status_code < 300:
+                raise FetchError("source_http_error", f"The source answered HTTP {response.status_code}.")
+            length_header = response.headers.get("content-length", "")
+            content_length = int(length_header) if length_header.isdigit() else None
+            if content_length is not None and content_length > self._limits.max_bytes:
+                raise FetchError("too_large", f"The file is larger than {self._limits.max_bytes} bytes.")
+            yield Download(
+                url=answer.url,
+                filename=filename_from(response, answer.url),
+                content_length=content_length,
+                _response=response,
+                hops=hops,
+            )

@@ -17,9 +17,10 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Protocol
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -318,6 +319,18 @@ class StageRunner:
         log.warning("dead-lettered an invalid message", dlq=self.topic.dlq, error=str(error)[:300])
 
 
+class BackgroundLoop(Protocol):
+    """A loop a stage runs beside its consumer (the notifier's delivery loop): `serve_stage` starts
+    `run()` with the stage, calls `stop()` on SIGTERM/SIGINT and when the consumer ends, then waits
+    for `run()` to return (the loop drains its own work); `liveness()` joins the ops endpoint's."""
+
+    async def run(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def liveness(self) -> str | None: ...
+
+
 async def serve_stage(
     *,
     settings: Settings,
@@ -326,8 +339,10 @@ async def serve_stage(
     make_handler: Callable[[EventProducer], Handler],
     readiness: dict[str, ReadinessCheck],
     group_id: str | None = None,
+    background: Sequence[BackgroundLoop] = (),
 ) -> None:
-    """Wire a stage: producer, runner, ops endpoint, signals. Each service's `main()` calls this."""
+    """Wire a stage: producer, runner, background loops, ops endpoint, signals. Each service's
+    `main()` calls this."""
     async with EventProducer(settings, client_id=f"stt-{stage}") as producer:
         runner = StageRunner(
             settings=settings,
@@ -337,20 +352,38 @@ async def serve_stage(
             producer=producer,
             group_id=group_id,
         )
+
+        def liveness() -> str | None:
+            return runner.liveness() or next(
+                (reason for reason in (each.liveness() for each in background) if reason), None
+            )
+
+        def stop() -> None:
+            runner.stop()
+            for each in background:
+                each.stop()
+
         ops = OpsServer(
             host=settings.ops_host,
             port=settings.ops_port,
-            liveness=runner.liveness,
+            liveness=liveness,
             readiness={**readiness, "kafka": runner.kafka_ready},
         )
         await ops.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, runner.stop)
+            loop.add_signal_handler(sig, stop)
+        tasks = [asyncio.create_task(each.run()) for each in background]
         try:
             await runner.run()
         finally:
+            for each in background:
+                each.stop()
+            outcomes = await asyncio.gather(*tasks, return_exceptions=True)
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(Exception):
                     loop.remove_signal_handler(sig)
             await ops.stop()
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome

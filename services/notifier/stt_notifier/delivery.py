@@ -10,8 +10,9 @@ The key is the API key's webhook secret `whsec_<base64>` with the prefix removed
 base64-decoded, as the specification defines it. Both base64 alphabets are accepted (`+/` and the
 URL-safe `-_`), padded or not: the bytes are the same either way.
 
-Every attempt checks the URL again (`stt_common.ssrf.check_url`: scheme, names, every resolved
-address) and connects to the checked address itself, with the original `Host` header and TLS name,
+Every attempt goes through `stt_common.pinned.PinnedClient`: it checks the URL again
+(`stt_common.ssrf.check_url`: scheme, names, every resolved address) and connects to the checked
+address itself, with the original `Host` header and TLS name,
 so a DNS answer that changes between submission and delivery (or between check and connect) cannot
 send the request inside the network. Redirects are not followed unless configured (then only
 307/308, which keep the method and body, each hop checked the same way). Proxies from the
@@ -23,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import email.utils
 import hashlib
 import hmac
 import json
@@ -31,13 +31,19 @@ import ssl
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urljoin
 
 import httpx
 
-from stt_common.ssrf import IPNetwork, Resolver, Target, UnsafeUrlError, check_url
+from stt_common.pinned import (
+    REDIRECT_CODES,
+    PinnedClient,
+    PinnedError,
+    RedirectRefusedError,
+    RequestFailedError,
+    retry_after_seconds,
+)
+from stt_common.ssrf import IPNetwork, Resolver, Target, UnsafeUrlError
 
 SECRET_PREFIX = "whsec_"
 SIGNATURE_VERSION = "v1"
@@ -46,6 +52,10 @@ _FOLLOWED_REDIRECTS = {307, 308}
 # A URL that cannot resolve may resolve later (DNS being fixed): retried. Every other refusal is a
 # property of the URL or of where it points, and retrying would only knock on the same door.
 _TRANSIENT_URL_CODES = {"url_unresolvable"}
+
+
+def _permanent(refusal: UnsafeUrlError) -> bool:
+    return refusal.code not in _TRANSIENT_URL_CODES
 
 
 # -- signing ------------------------------------------------------------------------------------
@@ -128,29 +138,8 @@ class SenderLimits:
     response_bytes: int = 1024
 
 
-class _AttemptError(Exception):
-    pass
-
-
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds from a `Retry-After` header (delta-seconds or an HTTP date); None if absent/invalid."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    current = datetime.now(UTC).timestamp() if now is None else now
-    return max(when.timestamp() - current, 0.0)
-
-
 class WebhookSender:
-    """POSTs one signed body to a webhook URL, SSRF-checked per attempt and per hop."""
+    """POSTs one signed body to a webhook URL through `PinnedClient`, checked per attempt and per hop."""
 
     def __init__(
         self,
@@ -160,19 +149,19 @@ class WebhookSender:
         limits: SenderLimits,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        self._resolver = resolver
-        self._allow = list(allow)
         self._limits = limits
-        self._verify: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
+        self._client = PinnedClient(
+            resolver=resolver,
+            allow=allow,
+            connect_timeout=limits.connect_timeout,
+            read_timeout=limits.timeout,
+            dns_timeout=limits.dns_timeout,
+            max_url_length=limits.max_url_length,
+            ssl_context=ssl_context,
+        )
 
     async def check(self, url: str) -> Target:
-        return await check_url(
-            url,
-            resolver=self._resolver,
-            allow=self._allow,
-            dns_timeout=self._limits.dns_timeout,
-            max_length=self._limits.max_url_length,
-        )
+        return await self._client.check(url)
 
     async def send(self, url: str, body: bytes, headers: Mapping[str, str]) -> AttemptResult:
         started = time.perf_counter()
@@ -182,102 +171,58 @@ class WebhookSender:
             latency = round((time.perf_counter() - started) * 1000, 3)
             return AttemptResult(latency_ms=latency, hops=tuple(hops), **values)
 
-        try:
-            async with asyncio.timeout(self._limits.timeout):
-                current = url
-                while True:
-                    try:
-                        target = await self.check(current)
-                    except UnsafeUrlError as exc:
-                        prefix = "redirect refused: " if hops else ""
-                        return result(
-                            status_code=None,
-                            error=f"{prefix}{exc.code}: {exc.message}",
-                            permanent=exc.code not in _TRANSIENT_URL_CODES,
-                        )
-                    hops.append(target.url)
-                    status, response_headers, excerpt = await self._post(target, body, headers)
-                    location = response_headers.get("location")
-                    if (
-                        self._limits.follow_redirects
-                        and status in _FOLLOWED_REDIRECTS
-                        and location
-                        and len(hops) <= self._limits.max_redirects
-                    ):
-                        current = urljoin(target.url, location)
-                        continue
-                    error = None
-                    if not 200 <= status < 300:
-                        error = f"HTTP {status}"
-                        if status in (301, 302, 303, 307, 308):
-                            error += f" redirect to {location!r} not followed"
-                        if excerpt:
-                            error += f": {excerpt}"
-                    retry_after = (
-                        parse_retry_after(response_headers.get("retry-after"))
-                        if status in (429, 503)
-                        else None
-                    )
-                    return result(status_code=status, error=error, retry_after_seconds=retry_after)
-        except TimeoutError:
-            return result(status_code=None, error=f"timeout: no answer within {self._limits.timeout:g}s")
-        except _AttemptError as exc:
-            return result(status_code=None, error=str(exc))
-
-    def _client(self) -> httpx.AsyncClient:
-        # One client per hop: a pooled connection is keyed by address and must not be reused
-        # for a different host name.
-        return httpx.AsyncClient(
-            trust_env=False,
-            follow_redirects=False,
-            timeout=httpx.Timeout(
-                connect=self._limits.connect_timeout,
-                read=self._limits.timeout,
-                write=self._limits.timeout,
-                pool=self._limits.connect_timeout,
-            ),
-            transport=httpx.AsyncHTTPTransport(verify=self._verify, retries=0, trust_env=False),
-        )
-
-    async def _post(
-        self, target: Target, body: bytes, headers: Mapping[str, str]
-    ) -> tuple[int, httpx.Headers, str]:
-        """POST to each checked address in turn until one connects; (status, headers, body excerpt)."""
         request_headers = {
             **headers,
-            "Host": target.host_header,
             "User-Agent": USER_AGENT,
             "Content-Type": "application/json",
             "Accept-Encoding": "identity",
         }
-        extensions: dict[str, object] = {}
-        if target.scheme == "https" and target.literal is None:
-            extensions["sni_hostname"] = target.host
-        last_error: Exception | None = None
-        async with self._client() as client:
-            for address in target.addresses:
-                request_url = httpx.URL(
-                    scheme=target.scheme, host=str(address), port=target.port, raw_path=target.path.encode()
-                )
-                request = client.build_request(
-                    "POST", request_url, headers=request_headers, content=body, extensions=extensions
-                )
-                try:
-                    response = await client.send(request, stream=True)
-                except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                    last_error = exc
-                    continue
-                except httpx.TimeoutException as exc:
-                    raise _AttemptError(f"timeout: {type(exc).__name__}") from exc
-                except httpx.HTTPError as exc:
-                    raise _AttemptError(f"request failed: {type(exc).__name__}: {exc}"[:500]) from exc
-                try:
-                    excerpt = await self._excerpt(response)
-                finally:
-                    await response.aclose()
-                return response.status_code, response.headers, excerpt
-        detail = f"{type(last_error).__name__}: {last_error}" if last_error else "no address"
-        raise _AttemptError(f"connect failed: {detail}"[:500])
+        try:
+            async with (
+                asyncio.timeout(self._limits.timeout),
+                self._client.open(
+                    url,
+                    method="POST",
+                    headers=request_headers,
+                    content=body,
+                    redirect_codes=_FOLLOWED_REDIRECTS if self._limits.follow_redirects else (),
+                    max_redirects=self._limits.max_redirects,
+                    raise_too_many=False,  # the redirect past the limit is the answer, not followed
+                    hops=hops,
+                ) as answer,
+            ):
+                status = answer.response.status_code
+                response_headers = answer.response.headers
+                excerpt = await self._excerpt(answer.response)
+        except TimeoutError:
+            return result(status_code=None, error=f"timeout: no answer within {self._limits.timeout:g}s")
+        except UnsafeUrlError as exc:
+            return result(status_code=None, error=f"{exc.code}: {exc.message}", permanent=_permanent(exc))
+        except RedirectRefusedError as exc:
+            refusal = exc.refusal
+            return result(
+                status_code=None,
+                error=f"redirect refused: {refusal.code}: {refusal.message}",
+                permanent=_permanent(refusal),
+            )
+        except RequestFailedError as exc:
+            if exc.timed_out:
+                return result(status_code=None, error=f"timeout: {type(exc.cause).__name__}")
+            return result(status_code=None, error=str(exc)[:500])
+        except PinnedError as exc:  # ConnectFailedError: no address answered
+            return result(status_code=None, error=str(exc)[:500])
+        location = response_headers.get("location")
+        error = None
+        if not 200 <= status < 300:
+            error = f"HTTP {status}"
+            if status in REDIRECT_CODES:
+                error += f" redirect to {location!r} not followed"
+            if excerpt:
+                error += f": {excerpt}"
+        retry_after = None
+        if status in (429, 503):
+            retry_after = retry_after_seconds(response_headers.get("retry-after"))
+        return result(status_code=status, error=error, retry_after_seconds=retry_after)
 
     async def _excerpt(self, response: httpx.Response) -> str:
         """The start of the response body (for the attempt log), never more than the limit."""

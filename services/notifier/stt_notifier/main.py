@@ -1,26 +1,23 @@
 """`python -m stt_notifier`: consume `stt.jobs.finished` into delivery rows, and send them.
 
-One process runs both halves side by side: the stage runner (records events; never waits on a
-receiver) and the delivery loop (polls due rows, sends, schedules retries). They share the ops
-endpoint: `/healthz` fails if either loop stops ticking; `/readyz` checks Postgres and Kafka.
-SIGTERM stops both: the runner drains and commits, the loop finishes its in-flight attempts.
+One process runs both halves side by side, through `serve_stage`: the stage runner (records events;
+never waits on a receiver) and, as its background loop, the delivery loop (polls due rows, sends,
+schedules retries). They share the ops endpoint: `/healthz` fails if either loop stops ticking;
+`/readyz` checks Postgres and Kafka. SIGTERM stops both: the runner drains and commits, the loop
+finishes its in-flight attempts.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import signal
 import ssl
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from stt_common.db.engine import make_engine, make_sessionmaker, ping
-from stt_common.kafka import EventProducer
 from stt_common.logs import configure_logging, get_logger
 from stt_common.messages import Topic
-from stt_common.ops import OpsServer
-from stt_common.runner import StageRunner
+from stt_common.runner import serve_stage
 from stt_common.ssrf import Resolver, system_resolver
 from stt_notifier.delivery import SenderLimits, WebhookSender
 from stt_notifier.handler import STAGE, NotifierHandler
@@ -67,35 +64,14 @@ async def serve(settings: NotifierSettings) -> None:
     deliveries = make_loop(settings, sessions)
     handler = NotifierHandler(settings, sessions, on_created=deliveries.wake)
     try:
-        async with EventProducer(settings, client_id=f"stt-{STAGE}") as producer:
-            runner = StageRunner(
-                settings=settings, stage=STAGE, topic=Topic.JOBS_FINISHED, handler=handler, producer=producer
-            )
-            ops = OpsServer(
-                host=settings.ops_host,
-                port=settings.ops_port,
-                liveness=lambda: runner.liveness() or deliveries.liveness(),
-                readiness={"postgres": lambda: ping(engine), "kafka": runner.kafka_ready},
-            )
-            await ops.start()
-
-            def stop() -> None:
-                runner.stop()
-                deliveries.stop()
-
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, stop)
-            delivery_task = asyncio.create_task(deliveries.run())
-            try:
-                await runner.run()
-            finally:
-                deliveries.stop()
-                await delivery_task
-                for sig in (signal.SIGTERM, signal.SIGINT):
-                    with contextlib.suppress(Exception):
-                        loop.remove_signal_handler(sig)
-                await ops.stop()
+        await serve_stage(
+            settings=settings,
+            stage=STAGE,
+            topic=Topic.JOBS_FINISHED,
+            make_handler=lambda _producer: handler,
+            readiness={"postgres": lambda: ping(engine)},
+            background=[deliveries],
+        )
     finally:
         await engine.dispose()
 

@@ -126,7 +126,8 @@ async def test_a_key_holds_at_most_its_share_of_unfinished_jobs(
         assert [response.status_code for response in accepted] == [202, 202]
         refused = await post_upload(started, busy)
         problem = assert_problem(refused, 429, "too_many_active_jobs")
-        assert "2 unfinished jobs" in problem["detail"] and "as they finish" in problem["detail"]
+        assert "2 unfinished jobs" in problem["detail"]
+        assert "as they finish" in problem["detail"]
         assert refused.headers["retry-after"] == "30"
         url = await started.client.post(
             "/api/v1/transcribe/url", headers=busy.headers, json={"url": "http://127.0.0.1/a.wav"}

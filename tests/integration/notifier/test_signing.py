@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 
 from stt_common.apikeys import generate_api_key
+from stt_common.pinned import retry_after_seconds
 from stt_common.settings import Settings
 from stt_notifier.delivery import (
     AttemptResult,
     encode_body,
-    parse_retry_after,
     sign,
     signature_headers,
     signing_key,
@@ -89,10 +89,10 @@ def test_event_ids_are_stable_and_fit_the_column() -> None:
 
 
 def test_retry_after_parsing() -> None:
-    assert parse_retry_after("120") == 120.0
-    assert parse_retry_after(None) is None
-    assert parse_retry_after("soon") is None
-    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412480.0 - 60) == pytest.approx(60.0)
+    assert retry_after_seconds("120") == 120.0
+    assert retry_after_seconds(None) is None
+    assert retry_after_seconds("soon") is None
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412480.0 - 60) == pytest.approx(60.0)
 
 
 def _loop(settings: Settings, **overrides: Any) -> DeliveryLoop:

@@ -14,8 +14,6 @@ import mimetypes
 import re
 import wave
 from collections.abc import Mapping
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +29,7 @@ from stt_common.errors import (
     RateLimitedError,
     SttError,
 )
+from stt_common.pinned import parse_retry_after as parse_retry_after  # the providers import it from here
 from stt_common.providers.base import ProviderRequest
 
 # How much of the previous chunk's text goes into a prompt (Whisper reads only its last ~224 tokens).
@@ -112,34 +111,6 @@ def context_prompt(request: ProviderRequest, max_context_chars: int = CONTEXT_PR
 
 
 # ------------------------------------------------------------------------------------------- errors
-
-
-def parse_retry_after(headers: Mapping[str, str] | Any) -> float | None:
-    """Seconds to wait from `retry-after-ms`, or `Retry-After` (seconds or an HTTP date); None if absent."""
-    value = headers.get("retry-after-ms")
-    if value:
-        try:
-            ms = float(value)
-        except ValueError:
-            pass
-        else:
-            if math.isfinite(ms):
-                return max(ms / 1000.0, 0.0)
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        return max((when - datetime.now(UTC)).total_seconds(), 0.0)
-    return max(seconds, 0.0) if math.isfinite(seconds) else None
 
 
 def redact(text: str, *secrets: str | None) -> str:
