@@ -73,7 +73,7 @@ bench-storm bench-backlog bench-limiter: bench-%: install
 	PYTHONPATH=. $(PY) -m bench.$*
 
 # Fault injection at full scale: every scenario of tests/chaos/driver.py on a private stack of its
-# own (STT_CHAOS_PORT_BASE, default 27000); the table goes to bench/results/chaos.json. SCENARIOS=…
+# own (STT_CHAOS_PORT_BASE, default 17000); the table goes to bench/results/chaos.json. SCENARIOS=…
 # runs some of them. A short seeded version runs inside `make test` (tests/chaos/test_chaos.py).
 test-chaos: install
 	$(STACK) system-deps
