@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 
 from fastapi import Request
 from sqlalchemy import delete
@@ -54,8 +53,6 @@ log = get_logger(__name__)
 
 # Room for the multipart framing and the text fields on top of the file itself.
 _FORM_OVERHEAD_BYTES = 64 * 1024
-# A pending (upload still running) reservation older than this is taken to belong to a dead process.
-_STALE_PENDING = timedelta(hours=6)
 
 
 @dataclass(frozen=True)
@@ -111,12 +108,9 @@ async def _existing_record(state: AppState, principal: Principal, key: str | Non
     if key is None:
         return None
     async with state.sessionmaker() as session, session.begin():
-        record = await idempotency.find(session, principal.key_id, key)
+        record = await idempotency.find(session, principal.key_id, key)  # a lapsed lease is gone
         if record is not None and record.request_hash == idempotency.PENDING:
-            if record.created_at > datetime.now(UTC) - _STALE_PENDING:
-                raise idempotency.in_progress()
-            await idempotency.release(session, principal.key_id, key)
-            return None
+            raise idempotency.in_progress()
     return record
 
 
@@ -252,12 +246,13 @@ async def _submit_upload(upload: _Upload, base_url: str) -> Outcome:
         session.add(_created_event(job_id, "upload"))
         if upload.idem_key is not None and not await idempotency.reserve(
             session, principal.key_id, upload.idem_key, job_id=job_id, digest=idempotency.PENDING,
-            ttl_seconds=settings.idempotency_ttl_seconds,
+            ttl_seconds=int(idempotency.PENDING_LEASE.total_seconds()),
         ):  # fmt: skip
             raise idempotency.in_progress()
     try:
-        await state.store.upload_stream(original_key(job_id), media.blocks(), content_type=detected.mime)
-        await upload.read_rest()
+        async with idempotency.kept_alive(state.sessionmaker, principal.key_id, upload.idem_key):
+            await state.store.upload_stream(original_key(job_id), media.blocks(), content_type=detected.mime)
+            await upload.read_rest()
         resolved = resolve_options(options_from_form(upload.fields), settings)
         async with state.sessionmaker() as session, session.begin():
             previous = await transition_job(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -13,7 +16,8 @@ from stt_common.db.models import IdempotencyKey, Job, JobEvent
 from stt_common.messages import Topic
 from stt_common.s3 import ObjectStore, original_key
 from stt_common.settings import Settings
-from tests.helpers import free_port
+from stt_ingest import idempotency
+from tests.helpers import free_port, wait_until
 from tests.integration.ingest.conftest import Api, AppFactory, Key, messages_for
 from tests.integration.ingest.media import SAMPLES, wav_bytes, wav_of_size
 
@@ -323,6 +327,80 @@ async def test_idempotent_upload(api: Api, key: Key, sessionmaker_: async_sessio
         **upload(SAMPLES["wav"]),
     )
     assert (bad.status_code, bad.json()["code"]) == (400, "invalid_idempotency_key")
+
+
+async def test_a_reservation_left_by_a_dead_upload_frees_its_key_when_its_lease_lapses(
+    api: Api, key: Key, sessionmaker_: async_sessionmaker[AsyncSession]
+) -> None:
+    """Found by the chaos suite: ingest killed mid-upload leaves its pending reservation behind, and
+    the client's retry with the same key was told "in progress" for six hours."""
+    headers = {**key.headers, "Idempotency-Key": "died-mid-upload"}
+    boundary = "lease-test"
+    audio = wav_of_size(400_000)
+    gate = asyncio.Event()
+
+    async def stalling_body() -> AsyncIterator[bytes]:
+        yield (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+            "Content-Type: audio/wav\r\n\r\n"
+        ).encode() + audio[:200_000]
+        await gate.wait()
+        yield audio[200_000:] + f"\r\n--{boundary}--\r\n".encode()
+
+    running = asyncio.create_task(
+        api.client.post(
+            "/api/v1/transcribe",
+            headers={**headers, "Content-Type": f"multipart/form-data; boundary={boundary}"},
+            content=stalling_body(),
+        )
+    )
+
+    async def reservation() -> IdempotencyKey | None:
+        async with sessionmaker_() as session:
+            return await session.get(IdempotencyKey, (key.id, "died-mid-upload"))
+
+    row = await wait_until(reservation, timeout=20, what="the upload's reservation")
+    # Pending, the reservation is a short lease, not the day-long record a finished upload keeps.
+    assert row.request_hash == idempotency.PENDING
+    assert row.expires_at <= datetime.now(UTC) + idempotency.PENDING_LEASE + timedelta(seconds=5)
+    busy = await api.client.post("/api/v1/transcribe", headers=headers, **upload(SAMPLES["wav"]))
+    assert (busy.status_code, busy.json()["code"]) == (409, "idempotency_in_progress")
+    assert "free again within 90 s" in busy.json()["detail"]
+    gate.set()
+    finished = await running
+    assert finished.status_code == 202, finished.text
+    # Now as if the process had died mid-upload: the row stays pending and nobody renews it.
+    async with sessionmaker_() as session, session.begin():
+        left = await session.get(IdempotencyKey, (key.id, "died-mid-upload"))
+        assert left is not None
+        left.request_hash, left.job_id = idempotency.PENDING, None
+    async with sessionmaker_() as session, session.begin():  # the lease lapses
+        row = await session.get(IdempotencyKey, (key.id, "died-mid-upload"))
+        assert row is not None
+        row.expires_at = datetime.now(UTC) - timedelta(seconds=1)
+    retried = await api.client.post("/api/v1/transcribe", headers=headers, **upload(SAMPLES["wav"]))
+    assert retried.status_code == 202, retried.text
+    again = await api.client.post("/api/v1/transcribe", headers=headers, **upload(SAMPLES["wav"]))
+    assert again.json()["job_id"] == retried.json()["job_id"]
+
+
+async def test_a_running_upload_renews_its_reservation(
+    key: Key, sessionmaker_: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(idempotency, "_RENEW_EVERY", 0.05)
+    soon = datetime.now(UTC) + timedelta(seconds=2)
+    async with sessionmaker_() as session, session.begin():
+        session.add(
+            IdempotencyKey(
+                api_key_id=key.id, key="long-upload", request_hash=idempotency.PENDING, expires_at=soon
+            )
+        )
+    async with idempotency.kept_alive(sessionmaker_, key.id, "long-upload"):
+        await asyncio.sleep(0.3)  # the upload runs
+    async with sessionmaker_() as session:
+        row = await session.get(IdempotencyKey, (key.id, "long-upload"))
+    assert row is not None
+    assert row.expires_at > soon + timedelta(seconds=60)  # renewed to a whole lease from now
 
 
 async def test_a_multipart_type_without_boundary_is_400(api: Api, key: Key) -> None:
