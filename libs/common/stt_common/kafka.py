@@ -5,6 +5,7 @@ Delivery is at-least-once by design; nothing here relies on broker transactions.
 
 from __future__ import annotations
 
+import uuid
 import zlib
 from types import TracebackType
 from typing import Self
@@ -36,6 +37,12 @@ class EventProducer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self._producer.stop()
+
+    async def trigger(
+        self, topic: Topic, job_id: uuid.UUID, *, producer: str, chunk_index: int | None = None
+    ) -> None:
+        """Produce `topic`'s trigger for a job (or one of its chunks), from stage `producer`."""
+        await self.emit(topic, Envelope.for_topic(topic, job_id, producer=producer, chunk_index=chunk_index))
 
     async def emit(self, topic: Topic, envelope: Envelope) -> None:
         partition = await self._partition(topic, envelope)

@@ -1,15 +1,19 @@
 """Steps several stages share: loading a job, failing it for good, telling the notifier, the job's
-pinned language.
+pinned language, and what to emit to move a job on from where it stands.
 
 Kept here because the chunker, the transcriber and the maintenance job all end jobs the same way:
-one conditional transition to FAILED, then a `stt.jobs.finished` trigger so webhooks hear of it.
+one conditional transition to FAILED, then a `stt.jobs.finished` trigger so webhooks hear of it; and
+the chunker, the maintenance re-drive and ingest's retry all resume a job the same way
+(`resume_triggers`).
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from stt_common import metrics
@@ -17,7 +21,7 @@ from stt_common.db.jobs import transition_job
 from stt_common.db.models import ACTIVE_JOB_STATUSES, Chunk, ChunkStatus, Job, JobEvent, JobStatus
 from stt_common.errors import NOT_RETRYABLE, ErrorCode, next_step
 from stt_common.kafka import EventProducer
-from stt_common.messages import Envelope, Topic
+from stt_common.messages import Topic
 
 
 async def load_job(sessions: async_sessionmaker[AsyncSession], job_id: uuid.UUID) -> Job | None:
@@ -69,32 +73,61 @@ async def fail_job(
     if previous is None:
         return False
     metrics.JOBS_FINISHED.labels(JobStatus.FAILED.value, code.value).inc()
-    await producer.emit(Topic.JOBS_FINISHED, Envelope.for_topic(Topic.JOBS_FINISHED, job_id, producer=stage))
+    await producer.trigger(Topic.JOBS_FINISHED, job_id, producer=stage)
     return True
 
 
-async def emit_pending_chunks(
-    sessions: async_sessionmaker[AsyncSession], producer: EventProducer, job: Job, *, stage: str
-) -> int:
-    """Emit triggers for a job's PENDING chunks: all of them (parallel) or the first (chained).
+@dataclass(frozen=True)
+class ChunkView:
+    """What `resume_triggers` needs of a chunk."""
 
-    Safe to repeat: a transcriber claims a chunk conditionally, so an extra trigger is a no-op."""
+    index: int
+    completed: bool
+    waiting: bool  # nobody holds it: PENDING, or PROCESSING under a lapsed lease
+
+
+Trigger = tuple[Topic, int | None]  # a topic and the chunk index its envelope names (None: the job)
+
+
+def resume_triggers(context_mode: str, chunks: Sequence[ChunkView]) -> list[Trigger]:
+    """The triggers that move a job on from where its chunks stand (the one place this is decided):
+
+    * no chunks yet: `stt.jobs.submitted` (the chunker chunks it, or re-emits a chunked job's chunks);
+    * every chunk done: `stt.jobs.transcribed` (the merger);
+    * else `stt.chunks.ready` for each chunk waiting for a transcriber; in chained mode only the first
+      unfinished one, and only if it is waiting (each chunk's transcriber emits the next).
+
+    Safe to repeat: every consumer claims its work conditionally, so an extra trigger is a no-op."""
+    if not chunks:
+        return [(Topic.JOBS_SUBMITTED, None)]
+    unfinished = [chunk for chunk in sorted(chunks, key=lambda c: c.index) if not chunk.completed]
+    if not unfinished:
+        return [(Topic.JOBS_TRANSCRIBED, None)]
+    if context_mode == "chained":
+        unfinished = unfinished[:1]
+    return [(Topic.CHUNKS_READY, chunk.index) for chunk in unfinished if chunk.waiting]
+
+
+async def chunk_views(session: AsyncSession, job_id: uuid.UUID) -> list[ChunkView]:
+    lapsed = or_(Chunk.lease_expires_at.is_(None), Chunk.lease_expires_at <= func.now())
+    waiting = or_(Chunk.status == ChunkStatus.PENDING, and_(Chunk.status == ChunkStatus.PROCESSING, lapsed))
+    rows = await session.execute(
+        select(Chunk.chunk_index, Chunk.status == ChunkStatus.COMPLETED, waiting).where(
+            Chunk.job_id == job_id
+        )
+    )
+    return [ChunkView(index, bool(completed), bool(is_waiting)) for index, completed, is_waiting in rows]
+
+
+async def emit_resume_triggers(
+    sessions: async_sessionmaker[AsyncSession], producer: EventProducer, job: Job, *, stage: str
+) -> list[Trigger]:
+    """Emit `resume_triggers` for a job as its chunks stand now; returns what was emitted."""
     async with sessions() as session:
-        pending = list(
-            await session.scalars(
-                select(Chunk.chunk_index)
-                .where(Chunk.job_id == job.id, Chunk.status == ChunkStatus.PENDING)
-                .order_by(Chunk.chunk_index)
-            )
-        )
-    if job.context_mode == "chained":
-        pending = pending[:1]
-    for index in pending:
-        await producer.emit(
-            Topic.CHUNKS_READY,
-            Envelope.for_topic(Topic.CHUNKS_READY, job.id, producer=stage, chunk_index=index),
-        )
-    return len(pending)
+        triggers = resume_triggers(job.context_mode, await chunk_views(session, job.id))
+    for topic, chunk_index in triggers:
+        await producer.trigger(topic, job.id, producer=stage, chunk_index=chunk_index)
+    return triggers
 
 
 def _stored_file(job: Job) -> bool:

@@ -35,7 +35,7 @@ from stt_common.errors import ErrorCode, SttError
 from stt_common.kafka import EventProducer
 from stt_common.logs import get_logger
 from stt_common.messages import Envelope
-from stt_common.pipeline import emit_pending_chunks, fail_job, load_job
+from stt_common.pipeline import emit_resume_triggers, fail_job, load_job
 from stt_common.providers.catalogue import PROVIDERS
 from stt_common.runner import Outcome
 from stt_common.s3 import ObjectNotFoundError, ObjectStore, chunk_audio_key, chunks_prefix, original_key
@@ -86,7 +86,7 @@ class ChunkerHandler:
         if job is None:
             return Outcome.DUPLICATE  # deleted meanwhile
         if job.status == JobStatus.TRANSCRIBING:
-            await emit_pending_chunks(self._sessions, self._producer, job, stage=STAGE)
+            await emit_resume_triggers(self._sessions, self._producer, job, stage=STAGE)
             return Outcome.DUPLICATE
         if job.status not in (JobStatus.UPLOADED, JobStatus.CHUNKING):
             return Outcome.DUPLICATE  # cancelled, failed, or further along
@@ -169,7 +169,7 @@ class ChunkerHandler:
         if won is None:
             return Outcome.DUPLICATE  # another instance finished first, or the job was cancelled
         job.chunks_total = len(windows)
-        await emit_pending_chunks(self._sessions, self._producer, job, stage=STAGE)
+        await emit_resume_triggers(self._sessions, self._producer, job, stage=STAGE)
         return Outcome.OK
 
     async def _max_audio_seconds(self, job: Job) -> float:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
+from collections.abc import Sequence
 
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -78,8 +80,13 @@ class Trigger:
         metrics.TRIGGERS.labels(topic.value, "ok").inc()
         return True
 
-    async def emit_all(self, topic: Topic, envelopes: list[Envelope]) -> bool:
-        results = await asyncio.gather(*(self.emit(topic, envelope) for envelope in envelopes))
+    async def trigger(self, topic: Topic, job_id: uuid.UUID, chunk_index: int | None = None) -> bool:
+        """`topic`'s trigger for a job (or one of its chunks); False as `emit`."""
+        envelope = Envelope.for_topic(topic, job_id, producer=PRODUCER_NAME, chunk_index=chunk_index)
+        return await self.emit(topic, envelope)
+
+    async def trigger_all(self, triggers: Sequence[tuple[Topic, int | None]], job_id: uuid.UUID) -> bool:
+        results = await asyncio.gather(*(self.trigger(topic, job_id, index) for topic, index in triggers))
         return all(results)
 
     async def ping(self) -> None:

@@ -31,11 +31,10 @@ from stt_common.db.models import (
     JobStatus,
 )
 from stt_common.errors import ErrorCode
-from stt_common.messages import Envelope, Topic
-from stt_common.pipeline import job_next_step, same_bytes_would_fail
+from stt_common.messages import Topic
+from stt_common.pipeline import ChunkView, job_next_step, resume_triggers, same_bytes_would_fail
 from stt_common.s3 import job_prefix, original_key
 from stt_ingest.auth import Principal
-from stt_ingest.events import PRODUCER_NAME
 from stt_ingest.problems import ApiProblem
 from stt_ingest.schemas import (
     RESULT_FORMATS,
@@ -270,9 +269,7 @@ async def cancel_job(state: AppState, principal: Principal, job_id: uuid.UUID) -
             )
     common_metrics.JOBS_FINISHED.labels(JobStatus.CANCELLED.value, ErrorCode.CANCELLED.value).inc()
     state.ingestor.cancel(job_id)
-    await state.trigger.emit(
-        Topic.JOBS_FINISHED, Envelope.for_topic(Topic.JOBS_FINISHED, job_id, producer=PRODUCER_NAME)
-    )
+    await state.trigger.trigger(Topic.JOBS_FINISHED, job_id)
 
 
 async def retry_job(state: AppState, principal: Principal, job_id: uuid.UUID) -> None:
@@ -300,8 +297,6 @@ async def retry_job(state: AppState, principal: Principal, job_id: uuid.UUID) ->
     if not has_original and not job.source_url:
         raise ApiProblem(409, "original_missing", "The job's uploaded file is gone; submit it again.")
 
-    topic: Topic
-    envelopes: list[Envelope]
     clear: dict[str, Any] = {
         "error_code": None,
         "error_message": None,
@@ -316,36 +311,25 @@ async def retry_job(state: AppState, principal: Principal, job_id: uuid.UUID) ->
                 )
             ).all()
         )
-        chunked = bool(chunks) and (job.chunks_total is None or len(chunks) >= job.chunks_total)
-        if not has_original:
-            target, resume, topic, envelopes = JobStatus.PENDING, "download", Topic.JOBS_SUBMITTED, []
-        elif not chunked:
-            target, resume, topic = JobStatus.UPLOADED, "chunking", Topic.JOBS_SUBMITTED
-            envelopes = [Envelope.for_topic(topic, job_id, producer=PRODUCER_NAME)]
-        else:
-            unfinished = [chunk for chunk in chunks if chunk.status != ChunkStatus.COMPLETED]
-            if unfinished:
-                target, resume, topic = JobStatus.TRANSCRIBING, "chunks", Topic.CHUNKS_READY
-                await session.execute(
-                    update(Chunk)
-                    .where(Chunk.job_id == job_id, Chunk.status != ChunkStatus.COMPLETED)
-                    .values(
-                        status=ChunkStatus.PENDING, error_code=None, error_message=None, lease_expires_at=None
-                    )
+        unfinished = [chunk.chunk_index for chunk in chunks if chunk.status != ChunkStatus.COMPLETED]
+        if unfinished:  # every unfinished chunk is taken again from the start
+            await session.execute(
+                update(Chunk)
+                .where(Chunk.job_id == job_id, Chunk.status != ChunkStatus.COMPLETED)
+                .values(
+                    status=ChunkStatus.PENDING, error_code=None, error_message=None, lease_expires_at=None
                 )
-                emit = unfinished[:1] if job.context_mode == "chained" else unfinished
-                envelopes = [
-                    Envelope.for_topic(topic, job_id, producer=PRODUCER_NAME, chunk_index=chunk.chunk_index)
-                    for chunk in emit
-                ]
-            else:
-                target, resume, topic = JobStatus.MERGING, "merge", Topic.JOBS_TRANSCRIBED
-                envelopes = [Envelope.for_topic(topic, job_id, producer=PRODUCER_NAME)]
+            )
+        views = [
+            ChunkView(chunk.chunk_index, chunk.status == ChunkStatus.COMPLETED, waiting=True)
+            for chunk in chunks
+        ]
+        triggers = resume_triggers(job.context_mode, views) if has_original else []
+        topic = triggers[0][0] if triggers else Topic.JOBS_SUBMITTED
+        target, resume = _RESUME[topic] if has_original else (JobStatus.PENDING, "download")
         detail: dict[str, Any] = {"action": "retry", "resume": resume}
         if resume == "chunks":
-            detail["chunks"] = [
-                chunk.chunk_index for chunk in chunks if chunk.status != ChunkStatus.COMPLETED
-            ]
+            detail["chunks"] = unfinished
         previous = await transition_job(
             session, job_id, target, allowed_from=RETRYABLE, stage=STAGE, detail=detail, **clear
         )
@@ -359,7 +343,15 @@ async def retry_job(state: AppState, principal: Principal, job_id: uuid.UUID) ->
         assert job.source_url is not None
         state.ingestor.start(job_id, job.source_url)
         return
-    await state.trigger.emit_all(topic, envelopes)
+    await state.trigger.trigger_all(triggers, job_id)
+
+
+# Where a retried job stands, by the first trigger that resumes it.
+_RESUME: dict[Topic, tuple[JobStatus, str]] = {
+    Topic.JOBS_SUBMITTED: (JobStatus.UPLOADED, "chunking"),
+    Topic.CHUNKS_READY: (JobStatus.TRANSCRIBING, "chunks"),
+    Topic.JOBS_TRANSCRIBED: (JobStatus.MERGING, "merge"),
+}
 
 
 async def delete_job(state: AppState, principal: Principal, job_id: uuid.UUID) -> None:

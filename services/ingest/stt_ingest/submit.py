@@ -34,12 +34,11 @@ from sqlalchemy import delete
 from stt_common.db.jobs import transition_job
 from stt_common.db.models import IdempotencyKey, Job, JobEvent, JobStatus
 from stt_common.logs import get_logger
-from stt_common.messages import Envelope, Topic
+from stt_common.messages import Topic
 from stt_common.s3 import original_key
 from stt_common.ssrf import UnsafeUrlError
 from stt_ingest import idempotency, metrics
 from stt_ingest.auth import Principal
-from stt_ingest.events import PRODUCER_NAME
 from stt_ingest.formdata import ClientGoneError, Field, FilePart, FormError, StreamingForm
 from stt_ingest.jobs import STAGE, job_links, owned_job
 from stt_ingest.media import MediaStream, MediaTooLargeError
@@ -280,9 +279,7 @@ async def _submit_upload(upload: _Upload, base_url: str) -> Outcome:
             job = await owned_job(session, principal, job_id)
         return _outcome(base_url, job_id, JobStatus(job.status), code=202)
     log.info("upload stored", job_id=str(job_id), size_bytes=media.size, content_type=detected.mime)
-    await state.trigger.emit(
-        Topic.JOBS_SUBMITTED, Envelope.for_topic(Topic.JOBS_SUBMITTED, job_id, producer=PRODUCER_NAME)
-    )
+    await state.trigger.trigger(Topic.JOBS_SUBMITTED, job_id)
     return _outcome(base_url, job_id, JobStatus.UPLOADED, code=202)
 
 

@@ -32,11 +32,11 @@ from stt_common.db.models import JobStatus
 from stt_common.errors import ErrorCode
 from stt_common.fetch import FetchError, SafeFetcher
 from stt_common.logs import get_logger
-from stt_common.messages import Envelope, Topic
+from stt_common.messages import Topic
 from stt_common.s3 import original_key
 from stt_common.ssrf import UnsafeUrlError
 from stt_ingest import metrics
-from stt_ingest.events import PRODUCER_NAME, Trigger
+from stt_ingest.events import Trigger
 from stt_ingest.media import MediaStream, MediaTooLargeError
 from stt_ingest.settings import IngestSettings
 from stt_ingest.sniff import MediaError, sanitize_filename
@@ -187,9 +187,7 @@ class UrlIngestor:
         metrics.URL_FETCHES.labels("ok").inc()
         metrics.UPLOAD_BYTES.labels("url").inc(stream.size)
         log.info("url downloaded", size_bytes=stream.size, content_type=detected.mime)
-        await self._trigger.emit(
-            Topic.JOBS_SUBMITTED, Envelope.for_topic(Topic.JOBS_SUBMITTED, job_id, producer=PRODUCER_NAME)
-        )
+        await self._trigger.trigger(Topic.JOBS_SUBMITTED, job_id)
 
     async def _fail(self, job_id: uuid.UUID, code: ErrorCode, message: str, reason: str) -> None:
         with contextlib.suppress(Exception):
@@ -210,9 +208,7 @@ class UrlIngestor:
             return
         common_metrics.JOBS_FINISHED.labels(JobStatus.FAILED.value, code.value).inc()
         log.info("url download failed", error_code=code.value, reason=reason)
-        await self._trigger.emit(
-            Topic.JOBS_FINISHED, Envelope.for_topic(Topic.JOBS_FINISHED, job_id, producer=PRODUCER_NAME)
-        )
+        await self._trigger.trigger(Topic.JOBS_FINISHED, job_id)
 
 
 _REASONS = frozenset(

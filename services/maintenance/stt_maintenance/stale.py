@@ -6,11 +6,11 @@ transcriber renews the lease while it works). What is re-emitted follows from th
 
 * PENDING: nothing can be re-emitted (the upload or URL download ran in an ingest process that
   died), so it is failed as `stalled` after its threshold; the client can retry it.
-* UPLOADED: `stt.jobs.submitted` (the trigger lost between commit and produce).
-* CHUNKING: `stt.jobs.submitted` (the chunker chunks a CHUNKING job again; keys are deterministic).
-* TRANSCRIBING: `stt.chunks.ready` for every chunk PENDING or PROCESSING under an expired lease
-  (chained mode: the first unfinished chunk only); `stt.jobs.submitted` if no chunk rows exist.
-* MERGING: `stt.jobs.transcribed`.
+* otherwise what `stt_common.pipeline.resume_triggers` says (the decision ingest's retry and the
+  chunker share): UPLOADED and CHUNKING (no chunk rows yet) `stt.jobs.submitted` (the trigger lost
+  between commit and produce; the chunker chunks a CHUNKING job again, keys are deterministic);
+  TRANSCRIBING `stt.chunks.ready` for every chunk PENDING or PROCESSING under an expired lease
+  (chained mode: the first unfinished chunk only); MERGING (every chunk done) `stt.jobs.transcribed`.
 
 Each re-drive increments `jobs.redrive_count` and appends a timeline row (stage `maintenance`,
 `{"redrive": n, …}`); that row also restarts the staleness clock, so re-drives are one threshold
@@ -48,7 +48,8 @@ from stt_common.db.models import (
 from stt_common.errors import ErrorCode
 from stt_common.kafka import EventProducer
 from stt_common.logs import get_logger
-from stt_common.messages import Envelope, Topic
+from stt_common.messages import Topic
+from stt_common.pipeline import chunk_views, resume_triggers
 from stt_maintenance.settings import MaintenanceSettings
 
 STAGE = "maintenance"
@@ -62,8 +63,6 @@ _STATUS_ORDER = (
     JobStatus.MERGING,
 )
 assert set(_STATUS_ORDER) == set(ACTIVE_JOB_STATUSES)
-
-Trigger = tuple[Topic, Envelope]
 
 
 def _live_lease() -> Any:
@@ -141,7 +140,7 @@ class StaleJobs:
                 await self._fail(session, job, count)
                 return "failed"
 
-            triggers = await self._triggers(session, job)
+            triggers = resume_triggers(job.context_mode, await chunk_views(session, job_id))
             count += 1
             await session.execute(update(Job).where(Job.id == job_id).values(redrive_count=count))
             detail: dict[str, Any] = {
@@ -150,12 +149,12 @@ class StaleJobs:
                 "topic": triggers[0][0].value if triggers else None,
                 "triggers": len(triggers),
             }
-            chunks = [envelope.chunk_index for _, envelope in triggers if envelope.chunk_index is not None]
+            chunks = [chunk_index for _, chunk_index in triggers if chunk_index is not None]
             if chunks:
                 detail["chunks"] = chunks
             record_event(session, job_id, stage=STAGE, detail=detail)
-            for topic, envelope in triggers:
-                await self._producer.emit(topic, envelope)
+            for topic, chunk_index in triggers:
+                await self._producer.trigger(topic, job_id, producer=STAGE, chunk_index=chunk_index)
             await session.commit()
         log.info("re-drove a stale job", job_id=str(job_id), **detail)
         return "redriven"
@@ -189,43 +188,7 @@ class StaleJobs:
         common_metrics.JOBS_FINISHED.labels(JobStatus.FAILED.value, ErrorCode.STALLED.value).inc()
         log.warning("failed a stalled job", job_id=str(job.id), status=previous.value, redrives=count)
         # After the commit, so the notifier reads the job as FAILED (like `pipeline.fail_job`).
-        await self._producer.emit(
-            Topic.JOBS_FINISHED, Envelope.for_topic(Topic.JOBS_FINISHED, job.id, producer=STAGE)
-        )
-
-    async def _triggers(self, session: AsyncSession, job: Job) -> list[Trigger]:
-        def one(topic: Topic, chunk_index: int | None = None) -> Trigger:
-            return topic, Envelope.for_topic(topic, job.id, producer=STAGE, chunk_index=chunk_index)
-
-        if job.status in (JobStatus.UPLOADED, JobStatus.CHUNKING):
-            return [one(Topic.JOBS_SUBMITTED)]
-        if job.status == JobStatus.MERGING:
-            return [one(Topic.JOBS_TRANSCRIBED)]
-        rows = (
-            await session.execute(
-                select(
-                    Chunk.chunk_index,
-                    Chunk.status,
-                    or_(
-                        Chunk.status == ChunkStatus.PENDING,
-                        and_(
-                            Chunk.status == ChunkStatus.PROCESSING,
-                            or_(Chunk.lease_expires_at.is_(None), Chunk.lease_expires_at <= func.now()),
-                        ),
-                    ),
-                )
-                .where(Chunk.job_id == job.id)
-                .order_by(Chunk.chunk_index)
-            )
-        ).all()
-        if not rows:
-            return [one(Topic.JOBS_SUBMITTED)]  # the chunker re-emits a TRANSCRIBING job's chunks
-        if job.context_mode == "chained":
-            first = next((row for row in rows if row[1] != ChunkStatus.COMPLETED), None)
-            picked = [first] if first is not None and first[2] else []
-        else:
-            picked = [row for row in rows if row[2]]
-        return [one(Topic.CHUNKS_READY, row[0]) for row in picked]
+        await self._producer.trigger(Topic.JOBS_FINISHED, job.id, producer=STAGE)
 
 
 # -- finished jobs whose notification may have been lost ----------------------------------------
@@ -275,7 +238,5 @@ async def renotify(
             .where(JobEvent.job_id == job_id, JobEvent.stage == STAGE, JobEvent.detail.has_key("renotify"))
         )
         record_event(session, job_id, stage=STAGE, detail={"renotify": int(attempts or 0) + 1})
-        await producer.emit(
-            Topic.JOBS_FINISHED, Envelope.for_topic(Topic.JOBS_FINISHED, job_id, producer=STAGE)
-        )
+        await producer.trigger(Topic.JOBS_FINISHED, job_id, producer=STAGE)
         await session.commit()

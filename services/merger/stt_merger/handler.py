@@ -125,9 +125,7 @@ class MergerHandler:
             REALTIME_FACTOR.observe(job.duration_seconds / elapsed)
 
     async def _emit_finished(self, job: Job) -> None:
-        await self._producer.emit(
-            Topic.JOBS_FINISHED, Envelope.for_topic(Topic.JOBS_FINISHED, job.id, producer=STAGE)
-        )
+        await self._producer.trigger(Topic.JOBS_FINISHED, job.id, producer=STAGE)
 
 
 def result_document(

@@ -239,11 +239,8 @@ class TranscriberHandler:
                     DEFERRALS.labels(busy.provider).inc()
                     log.info("vendor budget busy, chunk handed back", provider=busy.provider)
                     await self._release(job.id, chunk.index, tried=False)
-                    await self._producer.emit(
-                        Topic.CHUNKS_READY,
-                        Envelope.for_topic(
-                            Topic.CHUNKS_READY, job.id, producer=STAGE, chunk_index=chunk.index
-                        ),
+                    await self._producer.trigger(
+                        Topic.CHUNKS_READY, job.id, producer=STAGE, chunk_index=chunk.index
                     )
                     return Outcome.OK
                 except _ChunkFailed as failed:
@@ -581,16 +578,13 @@ class TranscriberHandler:
 
     async def _emit_followers(self, job: Job, index: int, *, merging: bool) -> None:
         if merging:
-            await self._producer.emit(
-                Topic.JOBS_TRANSCRIBED, Envelope.for_topic(Topic.JOBS_TRANSCRIBED, job.id, producer=STAGE)
-            )
+            await self._producer.trigger(Topic.JOBS_TRANSCRIBED, job.id, producer=STAGE)
             return
         if job.context_mode == "chained":
             following = await self._chunk(job.id, index + 1)
             if following is not None and following.status == ChunkStatus.PENDING:
-                await self._producer.emit(
-                    Topic.CHUNKS_READY,
-                    Envelope.for_topic(Topic.CHUNKS_READY, job.id, producer=STAGE, chunk_index=index + 1),
+                await self._producer.trigger(
+                    Topic.CHUNKS_READY, job.id, producer=STAGE, chunk_index=index + 1
                 )
 
     async def _release(self, job_id: uuid.UUID, index: int, *, tried: bool = True) -> None:

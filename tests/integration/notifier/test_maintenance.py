@@ -128,7 +128,8 @@ async def test_each_status_re_emits_what_its_stage_consumes(
 ) -> None:
     done, pending = (ChunkStatus.COMPLETED, None), (ChunkStatus.PENDING, None)
     chunking = await factory.make(JobStatus.CHUNKING, age=AGED)
-    merging = await factory.make(JobStatus.MERGING, age=AGED)
+    # MERGING means every chunk is done: the last completion moves the job there under its row lock.
+    merging = await factory.make(JobStatus.MERGING, age=AGED, chunks=[done, done])
     parallel = await factory.make(
         JobStatus.TRANSCRIBING,
         age=AGED,

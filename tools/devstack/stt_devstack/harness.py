@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from stt_common.db.jobs import record_event
 from stt_common.db.models import TERMINAL_JOB_STATUSES, Job, JobStatus
 from stt_common.kafka import EventProducer
-from stt_common.messages import Envelope, Topic
+from stt_common.messages import Topic
 from stt_common.s3 import ObjectStore, original_key
 from stt_devstack.procs import free_port
 
@@ -164,9 +164,7 @@ class Jobs:
             await session.flush()
             record_event(session, job_id, stage="harness", detail={"submitted": audio.name})
             await session.commit()
-        await self.producer.emit(
-            Topic.JOBS_SUBMITTED, Envelope.for_topic(Topic.JOBS_SUBMITTED, job_id, producer="harness")
-        )
+        await self.producer.trigger(Topic.JOBS_SUBMITTED, job_id, producer="harness")
         return job_id
 
     async def cancel_unfinished(self) -> int:

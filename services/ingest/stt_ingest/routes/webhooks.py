@@ -16,10 +16,9 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stt_common.db.models import DeliveryStatus, JobStatus, WebhookAttempt, WebhookDelivery
-from stt_common.messages import Envelope, Topic
+from stt_common.messages import Topic
 from stt_ingest import jobs
 from stt_ingest.auth import Principal, PrincipalDep
-from stt_ingest.events import PRODUCER_NAME
 from stt_ingest.problems import ApiProblem, problem_responses
 from stt_ingest.routes.common import StateDep
 
@@ -198,9 +197,7 @@ async def redeliver_webhook(state: StateDep, principal: PrincipalDep, job_id: Jo
     if latest is None:
         # No event yet (the notifier has not seen the job, or retention removed the row): the
         # notifier creates it from the trigger, with the event id it would have used anyway.
-        emitted = await state.trigger.emit(
-            Topic.JOBS_FINISHED, Envelope.for_topic(Topic.JOBS_FINISHED, job_id, producer=PRODUCER_NAME)
-        )
+        emitted = await state.trigger.trigger(Topic.JOBS_FINISHED, job_id)
         if not emitted:
             raise ApiProblem(503, "trigger_unavailable", "The event could not be queued; try again shortly.")
     async with state.sessionmaker() as session:
