@@ -56,6 +56,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"
 PORT_BASE = int(os.environ.get("STT_CHAOS_PORT_BASE", "17000"))
 SEED = int(os.environ.get("STT_CHAOS_SEED", "20261206"))
+VENDOR_KEY = "sk-chaos-0f4e9b2c7d1a"  # the fake vendor accepts any key; the log scan looks for this one
 CHUNK_SECONDS = 11.0  # the chunker's minimum is >10 s: ~35 s of speech makes 3 chunks
 LEASE_SECONDS = 6.0
 REKEY_AFTER = 15.0  # seconds of 409 idempotency_in_progress before a client tries a new key
@@ -136,6 +137,7 @@ class Stack:
     receiver: Receiver
     api_key: str
     webhook_secret: str
+    provider: str = "openai"  # the fake vendor; "local" runs the embedded model on the CPU
     services: dict[str, list[ServiceProcess]] = field(default_factory=dict)
     restarts: int = 0
     crashes: int = 0  # stage processes that exited without being killed
@@ -290,6 +292,8 @@ async def chaos_stack(scenario: str) -> AsyncIterator[Stack]:
                 started = Stack(
                     config, env, settings, sessions, store, work, receiver, key.api_key, key.webhook_secret
                 )
+                if scenario.endswith("_local"):
+                    started.provider = "local"
                 await started.start_services()
                 supervisor = asyncio.create_task(started.supervise())
                 try:
@@ -322,7 +326,7 @@ def chaos_env(vendor_url: str) -> dict[str, str]:
     return {
         "STT_DEFAULT_PROVIDER": "openai",
         "STT_OPENAI_BASE_URL": vendor_url,
-        "STT_OPENAI_API_KEY": "sk-chaos",
+        "STT_OPENAI_API_KEY": VENDOR_KEY,
         "STT_CHUNK_SECONDS": str(CHUNK_SECONDS),
         "STT_CHUNK_OVERLAP_SECONDS": "1",
         "STT_CHUNK_SEARCH_WINDOW_SECONDS": "2",
@@ -384,7 +388,7 @@ async def submit(stack: Stack, client: httpx.AsyncClient, sub: Submission, audio
     """POST /transcribe as a careful client would: retry on no answer or 5xx/429 with the same
     Idempotency-Key (so a retry never makes a second job), until 202 or a 4xx."""
     path = audio.long if sub.long else audio.short
-    fields = {"provider": "openai"}
+    fields = {"provider": stack.provider}
     if sub.webhook_path:
         fields["webhook_url"] = stack.receiver.state.hook(sub.webhook_path, secret=stack.webhook_secret)
     deadline = time.monotonic() + 180
@@ -738,6 +742,9 @@ async def check(stack: Stack, scenario: str, subs: list[Submission], bound: floa
     report.dlq = await read_dlq(stack.settings)
     for line in report.dlq:
         report.problems.append(f"dead-lettered: {line}")
+    # 8. No secret in any stage's log (faults make stages log their errors: none may carry one).
+    for name, leaked in secrets_in_logs(stack).items():
+        report.problems.append(f"the {name} appears in {', '.join(leaked)}")
     async with stack.sessions() as session:
         report.reclaimed_chunks = int(
             await session.scalar(
@@ -746,6 +753,22 @@ async def check(stack: Stack, scenario: str, subs: list[Submission], bound: floa
             or 0
         )
     return report
+
+
+def secrets_in_logs(stack: Stack) -> dict[str, list[str]]:
+    """Every secret the stack was given, by name, with the log files that contain it."""
+    secrets = {
+        "API key": stack.api_key,
+        "webhook secret": stack.webhook_secret,
+        "webhook signing key": stack.webhook_secret.removeprefix("whsec_"),
+        "S3 secret key": stack.env["STT_S3_SECRET_ACCESS_KEY"],
+        "vendor key": VENDOR_KEY,
+    }
+    logs = {log.name: log.read_text(errors="replace") for log in (stack.work / "logs").glob("*.log")}
+    found = {
+        name: sorted(log for log, text in logs.items() if value in text) for name, value in secrets.items()
+    }
+    return {name: where for name, where in found.items() if where}
 
 
 async def cancel_some(stack: Stack, rng: random.Random, subs: list[Submission]) -> None:
@@ -883,6 +906,8 @@ async def maintenance_twice(stack: Stack, rng: random.Random) -> None:
 SCENARIOS: dict[str, tuple[Fault, bool]] = {
     # name: (fault, uses the soak's job count)
     "soak": (soak, True),
+    # The same kills with the embedded model (a restarted transcriber loads it again), fewer jobs.
+    "soak_local": (soak, False),
     "transcriber_sigstop": (transcriber_frozen, False),
     "broker_restart": (broker_restart, False),
     "postgres_restart": (postgres_restart, False),
