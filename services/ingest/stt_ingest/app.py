@@ -21,6 +21,7 @@ from stt_common.fetch import FetchLimits, SafeFetcher
 from stt_common.logs import get_logger
 from stt_common.ssrf import Resolver, system_resolver
 from stt_ingest.events import Trigger
+from stt_ingest.follow import FollowHub
 from stt_ingest.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from stt_ingest.problems import PROBLEM_MEDIA_TYPE, Problem, install_problem_handlers
 from stt_ingest.ratelimit import RateLimiter
@@ -44,6 +45,8 @@ Speech-to-text jobs: upload a file (or give a URL), follow the job, download the
   `Retry-After` and `RateLimit-*` headers.
 * **Idempotency**: send `Idempotency-Key` on submissions to retry them safely.
 * **Errors**: every error is `application/problem+json` (RFC 9457) with a stable `code`.
+* **Progress**: `GET /api/v1/jobs/{job_id}/events?follow=true` with `Accept: text/event-stream`
+  streams the job's timeline as Server-Sent Events until it ends (no polling needed).
 * **Tracing**: `X-Request-ID` is echoed (or generated) on every response.
 """
 
@@ -109,6 +112,13 @@ def _lifespan(
             ingestor = UrlIngestor(
                 settings=settings, sessionmaker=sessionmaker, store=store, trigger=trigger, fetcher=fetcher
             )
+            follow = FollowHub(
+                sessionmaker,
+                interval=settings.follow_poll_interval_seconds,
+                queue_size=settings.follow_queue_size,
+                max_followers=settings.follow_max_streams,
+            )
+            stack.push_async_callback(follow.close)
             app.state.ingest = AppState(
                 settings=settings,
                 engine=engine,
@@ -119,6 +129,7 @@ def _lifespan(
                 limiter=RateLimiter(redis, window_seconds=settings.rate_limit_window_seconds),
                 fetcher=fetcher,
                 ingestor=ingestor,
+                follow=follow,
             )
             log.info("ingest ready", host=settings.http_host, port=settings.http_port)
             try:

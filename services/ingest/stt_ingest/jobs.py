@@ -175,6 +175,30 @@ async def load_events(state: AppState, principal: Principal, job_id: uuid.UUID) 
     )
 
 
+async def load_event_rows(
+    state: AppState, principal: Principal, job_id: uuid.UUID, *, after: int = 0
+) -> tuple[list[JobEvent], bool]:
+    """The timeline rows after id `after` (404 for another key's job) and whether the job has ended.
+
+    The job is read before its rows: a job found finished has its terminal row among them."""
+    async with state.sessionmaker() as session:
+        job = await owned_job(session, principal, job_id)
+        rows = list(
+            (
+                await session.scalars(
+                    select(JobEvent)
+                    .where(JobEvent.job_id == job_id, JobEvent.id > after)
+                    .order_by(JobEvent.id)
+                )
+            ).all()
+        )
+    ended = JobStatus(job.status).terminal
+    statuses = [row.to_status for row in rows if row.to_status is not None]
+    if statuses and JobStatus(statuses[-1]).terminal:
+        ended = True
+    return rows, ended
+
+
 # -- listing ------------------------------------------------------------------------------------
 
 

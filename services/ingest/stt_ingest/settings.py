@@ -102,6 +102,34 @@ class IngestSettings(ProviderSettings):
         "private/internal. Empty by default. JSON list or comma separated CIDRs.",
     )
 
+    # Progress streams (`GET /api/v1/jobs/{id}/events?follow=true`, Server-Sent Events).
+    follow_poll_interval_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="How often the process's one poller reads new timeline rows for every followed job "
+        "(one query per interval, whatever the number of followers).",
+    )
+    follow_heartbeat_seconds: float = Field(
+        default=15.0, gt=0, description="A `: keep-alive` comment after this long without an event."
+    )
+    follow_max_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="Longest a stream stays open; the server then closes it and the client resumes "
+        "with `Last-Event-ID`.",
+    )
+    follow_retry_ms: int = Field(
+        default=3000, ge=0, description="The `retry:` field: how long a client waits before reconnecting."
+    )
+    follow_queue_size: int = Field(
+        default=256,
+        ge=1,
+        description="Events waiting for one stream; a client that falls this far behind is disconnected.",
+    )
+    follow_max_streams: int = Field(
+        default=5000, ge=1, description="Open streams per process; more are refused (503, Retry-After)."
+    )
+
     # Kafka trigger.
     trigger_timeout_seconds: float = Field(
         default=10.0, gt=0, description="How long a submission waits for the broker to take its trigger."

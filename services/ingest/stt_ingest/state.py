@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from stt_common.fetch import SafeFetcher
 from stt_ingest.events import Trigger
+from stt_ingest.follow import FollowHub
 from stt_ingest.ratelimit import RateLimiter
 from stt_ingest.settings import IngestSettings
 from stt_ingest.store import IngestStore
@@ -27,6 +28,7 @@ class AppState:
     limiter: RateLimiter
     fetcher: SafeFetcher
     ingestor: UrlIngestor
+    follow: FollowHub
 
 
 def app_state(request: Request) -> AppState:

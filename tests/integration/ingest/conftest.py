@@ -61,6 +61,9 @@ def ingest_settings(settings: Settings, **overrides: Any) -> IngestSettings:
         # No pipeline runs here, so every job a test submits stays unfinished: one key's submissions
         # over a module would reach the cap (test_policies tests the cap with its own setting).
         "max_active_jobs_per_key": 0,
+        # A progress stream (`…/events?follow=true`, SSE) on an unfinished job stays open until this
+        # limit: short here, so that no client (schemathesis included) ever holds one for long.
+        "follow_max_seconds": 5.0,
     }
     values.update(overrides)
     return IngestSettings(**values)

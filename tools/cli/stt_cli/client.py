@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -74,10 +75,20 @@ class _CountingReader:
 
 
 class SttClient:
-    def __init__(self, api_url: str, api_key: str | None, *, timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        api_url: str,
+        api_key: str | None,
+        *,
+        timeout: float = 60.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self.api_url = api_url.rstrip("/")
         headers = {"X-API-Key": api_key} if api_key else {}
-        self._http = httpx.Client(base_url=self.api_url, headers=headers, timeout=timeout)
+        self._http = httpx.Client(
+            base_url=self.api_url, headers=headers, timeout=timeout, transport=transport
+        )
+        self.streams_opened = 0  # progress streams this client opened (tests look)
 
     def close(self) -> None:
         self._http.close()
@@ -195,16 +206,114 @@ class SttClient:
         interval: float = 1.0,
         timeout: float | None = None,
     ) -> dict[str, Any]:
-        """Poll the job until it ends, calling `on_update` with every answer; the last answer."""
+        """Follow the job until it ends, calling `on_update` with the job at every change; the last
+        answer. Uses the server's progress stream (Server-Sent Events): the job is read again only
+        when an event says it changed. A server without one (it answers the JSON timeline) is polled
+        every `interval` seconds instead."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        job = self.job(job_id)
+        on_update(job)
+        last_event_id: str | None = None
+        while job["status"] not in TERMINAL_STATUSES:
+            self._check_deadline(job_id, job, deadline, timeout)
+            outcome = self._stream(job_id, on_update, last_event_id, deadline)
+            if outcome is None:  # an older server: no stream
+                return self._poll(job_id, on_update, interval=interval, deadline=deadline, timeout=timeout)
+            streamed, last_event_id, retry = outcome
+            if streamed is not None and streamed["status"] in TERMINAL_STATUSES:
+                return streamed
+            # The stream ended before the job (its time limit, a dropped connection): read the job,
+            # then resume after the last event seen.
+            job = self.job(job_id)
+            on_update(job)
+            if job["status"] not in TERMINAL_STATUSES:
+                time.sleep(retry)
+        return job
+
+    def _stream(
+        self,
+        job_id: str,
+        on_update: Callable[[dict[str, Any]], None],
+        last_event_id: str | None,
+        deadline: float | None,
+    ) -> tuple[dict[str, Any] | None, str | None, float] | None:
+        """Reads one progress stream until it ends, reading the job (and calling `on_update`) at each
+        event; (the job as last read, the last event id, seconds to wait before resuming), or None
+        when the server answers JSON (it has no streams)."""
+        headers = {"Accept": "text/event-stream"}
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = last_event_id
+        job: dict[str, Any] | None = None
+        retry = 1.0
+        try:
+            with self._http.stream(
+                "GET",
+                f"/api/v1/jobs/{job_id}/events",
+                params={"follow": "true"},
+                headers=headers,
+                timeout=httpx.Timeout(60.0, read=120.0),  # the server sends heartbeats well before
+            ) as response:
+                if response.status_code != 200:
+                    response.read()
+                    raise _problem(response)
+                if not response.headers.get("content-type", "").startswith("text/event-stream"):
+                    return None
+                self.streams_opened += 1
+                fields: dict[str, str] = {}
+                for line in response.iter_lines():
+                    if deadline is not None and time.monotonic() > deadline:
+                        break
+                    if line.startswith(":"):  # a heartbeat
+                        continue
+                    if line:
+                        name, _, value = line.partition(":")
+                        fields[name] = value.removeprefix(" ")
+                        continue
+                    if fields.get("retry", "").isdigit():
+                        retry = int(fields["retry"]) / 1000
+                    if "data" in fields:
+                        last_event_id = fields.get("id", last_event_id)
+                        job = self.job(job_id)
+                        on_update(job)
+                        item = _json_or_none(fields["data"])
+                        if isinstance(item, dict) and item.get("to_status") in TERMINAL_STATUSES:
+                            return job, last_event_id, retry
+                    fields = {}
+        except httpx.TransportError:
+            pass  # resumed by the caller (which reports a server that stays unreachable)
+        return job, last_event_id, retry
+
+    def _poll(
+        self,
+        job_id: str,
+        on_update: Callable[[dict[str, Any]], None],
+        *,
+        interval: float,
+        deadline: float | None,
+        timeout: float | None,
+    ) -> dict[str, Any]:
+        """Poll the job until it ends, calling `on_update` with every answer; the last answer."""
         while True:
             job = self.job(job_id)
             on_update(job)
             if job["status"] in TERMINAL_STATUSES:
                 return job
-            if deadline is not None and time.monotonic() > deadline:
-                raise ApiError(
-                    f"job {job_id} is still {job['status']} after {timeout:g} s; "
-                    f"it goes on: `stt follow {job_id}` picks it up again"
-                )
+            self._check_deadline(job_id, job, deadline, timeout)
             time.sleep(interval)
+
+    @staticmethod
+    def _check_deadline(
+        job_id: str, job: dict[str, Any], deadline: float | None, timeout: float | None
+    ) -> None:
+        if deadline is not None and timeout is not None and time.monotonic() > deadline:
+            raise ApiError(
+                f"job {job_id} is still {job['status']} after {timeout:g} s; "
+                f"it goes on: `stt follow {job_id}` picks it up again"
+            )
+
+
+def _json_or_none(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None

@@ -216,7 +216,12 @@ def _add_result_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_follow_options(parser: argparse.ArgumentParser) -> None:
     _add_result_options(parser)
-    parser.add_argument("--interval", type=float, default=1.0, help="seconds between polls (default 1)")
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=1.0,
+        help="seconds between polls, for servers without progress streams (default 1)",
+    )
     parser.add_argument("--timeout", type=float, help="stop following after this many seconds")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
 

@@ -15,6 +15,7 @@ from stt_common.db.models import JobStatus
 from stt_common.s3 import ObjectNotFoundError, result_key
 from stt_ingest import jobs
 from stt_ingest.auth import PrincipalDep
+from stt_ingest.follow import SSE_MEDIA_TYPE, EventStreamResponse, Item, parse_last_event_id, wants_stream
 from stt_ingest.problems import ApiProblem, problem_responses
 from stt_ingest.routes.common import StateDep, base_url
 from stt_ingest.schemas import JobEvents, JobPage, JobView, ResultFormat
@@ -101,14 +102,67 @@ async def get_job(request: Request, state: StateDep, principal: PrincipalDep, jo
     return await jobs.load_view(state, principal, job_id, base_url(request, state))
 
 
+EVENTS_DESCRIPTION = """
+Every row of the job's timeline (status changes and chunk progress), oldest first, as JSON.
+
+**Following**: with `follow=true` *and* `Accept: text/event-stream` the answer is a stream of
+Server-Sent Events instead: `retry:` first, then one event per row, `id:` the row's id (increasing),
+`event: status` (a status change) or `event: progress` (anything else), and `data:` the item as the
+JSON timeline gives it; new rows as they are written; `: keep-alive` comments while nothing
+happens. The stream closes after the terminal status (COMPLETED, FAILED or CANCELLED), or after the
+server's maximum stream duration: reconnect then with `Last-Event-ID` (the last `id:` seen) to get
+only the rows after it. A client that does not read its stream is disconnected. Without both, the
+JSON timeline is the answer.
+"""
+
+
 @router.get(
     "/{job_id}/events",
     response_model=JobEvents,
-    summary="A job's timeline: every status change, oldest first",
-    responses=problem_responses(401, 404, 422),
+    summary="A job's timeline: every status change, oldest first; or a live stream of it",
+    description=EVENTS_DESCRIPTION,
+    responses={
+        200: {
+            "description": "The timeline (JSON), or its live stream (Server-Sent Events).",
+            "content": {SSE_MEDIA_TYPE: {"schema": {"type": "string"}}},
+        },
+        **problem_responses(401, 404, 422, 503),
+    },
 )
-async def get_events(state: StateDep, principal: PrincipalDep, job_id: uuid.UUID) -> JobEvents:
-    return await jobs.load_events(state, principal, job_id)
+async def get_events(
+    request: Request,
+    state: StateDep,
+    principal: PrincipalDep,
+    job_id: uuid.UUID,
+    follow: Annotated[
+        bool,
+        Query(description="With `Accept: text/event-stream`: stream the timeline (SSE) until the job ends."),
+    ] = False,
+) -> JobEvents | Response:
+    if not (follow and wants_stream(request.headers.get("accept"))):
+        return await jobs.load_events(state, principal, job_id)
+    settings = state.settings
+    hub = state.follow
+    after = parse_last_event_id(request.headers.get("last-event-id"))
+    rows, ended = await jobs.load_event_rows(state, principal, job_id, after=after)
+    if hub.full and not ended:
+        raise ApiProblem(
+            503,
+            "too_many_streams",
+            "Too many open streams here; poll or try again.",
+            headers={"Retry-After": "5"},
+        )
+    backlog = [Item.from_row(row) for row in rows]
+    follower = None if ended else hub.subscribe(job_id, backlog[-1].id if backlog else after)
+    return EventStreamResponse(
+        hub=hub,
+        follower=follower,
+        backlog=backlog,
+        heartbeat=settings.follow_heartbeat_seconds,
+        max_seconds=settings.follow_max_seconds,
+        retry_ms=settings.follow_retry_ms,
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 @router.get(
