@@ -59,6 +59,12 @@ bench-pipeline bench-chunker bench-fanout bench-quality: bench-%: install
 	$(STACK) system-deps
 	PYTHONPATH=. $(PY) -m bench.$(subst pipeline,pipeline_e2e,$*)
 
+# Time to transcript against its floor (decode + one provider latency + merge), 1 to 16 transcribers.
+.PHONY: bench-latency
+bench-latency: install
+	$(STACK) system-deps
+	PYTHONPATH=. $(PY) -m bench.latency
+
 .PHONY: bench-ingest-upload bench-ingest-get test-chaos
 
 bench-ingest-upload bench-ingest-get: bench-ingest-%: install
