@@ -9,6 +9,7 @@ the chunker, the maintenance re-drive and ingest's retry all resume a job the sa
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -125,8 +126,11 @@ async def emit_resume_triggers(
     """Emit `resume_triggers` for a job as its chunks stand now; returns what was emitted."""
     async with sessions() as session:
         triggers = resume_triggers(job.context_mode, await chunk_views(session, job.id))
-    for topic, chunk_index in triggers:
-        await producer.trigger(topic, job.id, producer=stage, chunk_index=chunk_index)
+    # All at once: one after another, each waits for the broker's acknowledgement, and the last of
+    # a dozen chunks would reach its transcriber a dozen round trips after the first.
+    await asyncio.gather(
+        *(producer.trigger(topic, job.id, producer=stage, chunk_index=index) for topic, index in triggers)
+    )
     return triggers
 
 
