@@ -50,12 +50,13 @@ from stt_devstack.state import StackState
 from stt_ingest.keys import create_key
 from tests.fakes.openai_server import FakeOpenAIProcess
 from tests.fakes.webhook_receiver import WebhookReceiver
-from tests.fixtures.audio import espeak_wav, varied_sentences
+from tests.fixtures.audio import espeak_wav, librivox_wavs, varied_sentences
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"
 PORT_BASE = int(os.environ.get("STT_CHAOS_PORT_BASE", "17000"))
 SEED = int(os.environ.get("STT_CHAOS_SEED", "20261206"))
+KEYS = 3  # API keys (tenants) the clients submit with, in turn
 VENDOR_KEY = "sk-chaos-0f4e9b2c7d1a"  # the fake vendor accepts any key; the log scan looks for this one
 CHUNK_SECONDS = 11.0  # the chunker's minimum is >10 s: ~35 s of speech makes 3 chunks
 LEASE_SECONDS = 6.0
@@ -118,6 +119,7 @@ class Submission:
     idempotency_key: str
     webhook_path: str | None
     long: bool
+    key: int  # which of the stack's API keys submits it
     codes: list[int | str] = field(default_factory=list)  # every answer, "conn" for no answer
     job_id: uuid.UUID | None = None
     accepted_at: float | None = None
@@ -135,8 +137,7 @@ class Stack:
     store: ObjectStore
     work: Path
     receiver: Receiver
-    api_key: str
-    webhook_secret: str
+    keys: list[tuple[str, str]]  # (API key, its webhook secret): the clients are several tenants
     provider: str = "openai"  # the fake vendor; "local" runs the embedded model on the CPU
     services: dict[str, list[ServiceProcess]] = field(default_factory=dict)
     restarts: int = 0
@@ -287,10 +288,22 @@ async def chaos_stack(scenario: str) -> AsyncIterator[Stack]:
             env |= chaos_env(vendor.base_url)
             engine = make_engine(settings.database_url)
             sessions = make_sessionmaker(engine)
-            key = await create_key(sessions, name="chaos", tenant="chaos", rate_limit_per_minute=100_000)
+            keys = [
+                await create_key(
+                    sessions, name=f"chaos {n}", tenant=f"chaos-{n}", rate_limit_per_minute=100_000
+                )
+                for n in range(KEYS)
+            ]
             async with ObjectStore.from_settings(settings) as store:
                 started = Stack(
-                    config, env, settings, sessions, store, work, receiver, key.api_key, key.webhook_secret
+                    config,
+                    env,
+                    settings,
+                    sessions,
+                    store,
+                    work,
+                    receiver,
+                    [(key.api_key, key.webhook_secret) for key in keys],
                 )
                 if scenario.endswith("_local"):
                     started.provider = "local"
@@ -367,12 +380,14 @@ def keep_logs(scenario: str, work: Path) -> None:
 
 
 class Audio:
-    """Real-ish speech (espeak): a short file (one chunk) and a long one (>= 3 chunks)."""
+    """Short files (one chunk), by turns synthetic (espeak) and real read speech (a LibriVox sample
+    from pocketsphinx-testdata), and a long synthetic one (>= 3 chunks)."""
 
     def __init__(self, directory: Path) -> None:
         sentences = varied_sentences(12)
-        self.short = directory / "short.wav"
-        espeak_wav(self.short, sentences[:2], gap_seconds=0.6)
+        synthetic = directory / "short.wav"
+        espeak_wav(synthetic, sentences[:2], gap_seconds=0.6)
+        self.short = [synthetic, *(path for path, _ in librivox_wavs()[:1])]
         self.long = directory / "long.wav"
         espeak_wav(self.long, sentences, gap_seconds=1.5)
 
@@ -387,10 +402,11 @@ async def _slow_body(data: bytes) -> AsyncIterator[bytes]:
 async def submit(stack: Stack, client: httpx.AsyncClient, sub: Submission, audio: Audio) -> None:
     """POST /transcribe as a careful client would: retry on no answer or 5xx/429 with the same
     Idempotency-Key (so a retry never makes a second job), until 202 or a 4xx."""
-    path = audio.long if sub.long else audio.short
+    path = audio.long if sub.long else audio.short[sub.n % len(audio.short)]
+    api_key, webhook_secret = stack.keys[sub.key]
     fields = {"provider": stack.provider}
     if sub.webhook_path:
-        fields["webhook_url"] = stack.receiver.state.hook(sub.webhook_path, secret=stack.webhook_secret)
+        fields["webhook_url"] = stack.receiver.state.hook(sub.webhook_path, secret=webhook_secret)
     deadline = time.monotonic() + 180
     stuck_since: float | None = None
     while time.monotonic() < deadline:
@@ -409,7 +425,7 @@ async def submit(stack: Stack, client: httpx.AsyncClient, sub: Submission, audio
                 "/api/v1/transcribe",
                 content=_slow_body(body),
                 headers={
-                    "X-API-Key": stack.api_key,
+                    "X-API-Key": api_key,
                     "Idempotency-Key": sub.idempotency_key,
                     "Content-Type": f"multipart/form-data; boundary={boundary}",
                 },
@@ -436,11 +452,12 @@ async def submit(stack: Stack, client: httpx.AsyncClient, sub: Submission, audio
         await asyncio.sleep(1)
 
 
-async def api_call(stack: Stack, method: str, path: str) -> int | str:
+async def api_call(stack: Stack, sub: Submission, method: str, path: str) -> int | str:
+    """A call on `sub`'s job with its own key, retried while the API is away."""
     async with httpx.AsyncClient(base_url=stack.env["STT_API_URL"], timeout=30, trust_env=False) as client:
         for _ in range(30):
             try:
-                answer = await client.request(method, path, headers={"X-API-Key": stack.api_key})
+                answer = await client.request(method, path, headers={"X-API-Key": stack.keys[sub.key][0]})
             except httpx.HTTPError:
                 await asyncio.sleep(1)
                 continue
@@ -465,6 +482,7 @@ async def submit_all(
             idempotency_key=f"chaos-{uuid.uuid4().hex}",
             webhook_path=f"/hook/{n}" if n % 2 == 0 else None,
             long=rng.random() < long_share,
+            key=n % len(stack.keys),
         )
         for n in range(count)
     ]
@@ -757,13 +775,11 @@ async def check(stack: Stack, scenario: str, subs: list[Submission], bound: floa
 
 def secrets_in_logs(stack: Stack) -> dict[str, list[str]]:
     """Every secret the stack was given, by name, with the log files that contain it."""
-    secrets = {
-        "API key": stack.api_key,
-        "webhook secret": stack.webhook_secret,
-        "webhook signing key": stack.webhook_secret.removeprefix("whsec_"),
-        "S3 secret key": stack.env["STT_S3_SECRET_ACCESS_KEY"],
-        "vendor key": VENDOR_KEY,
-    }
+    secrets = {"S3 secret key": stack.env["STT_S3_SECRET_ACCESS_KEY"], "vendor key": VENDOR_KEY}
+    for n, (api_key, webhook_secret) in enumerate(stack.keys):
+        secrets[f"API key {n}"] = api_key
+        secrets[f"webhook secret {n}"] = webhook_secret
+        secrets[f"webhook signing key {n}"] = webhook_secret.removeprefix("whsec_")
     logs = {log.name: log.read_text(errors="replace") for log in (stack.work / "logs").glob("*.log")}
     found = {
         name: sorted(log for log, text in logs.items() if value in text) for name, value in secrets.items()
@@ -776,13 +792,13 @@ async def cancel_some(stack: Stack, rng: random.Random, subs: list[Submission]) 
     cancel must never complete."""
     for sub in subs:
         if sub.job_id is not None and rng.random() < 0.1:
-            sub.cancelled = await api_call(stack, "POST", f"/api/v1/jobs/{sub.job_id}/cancel") == 202
+            sub.cancelled = await api_call(stack, sub, "POST", f"/api/v1/jobs/{sub.job_id}/cancel") == 202
 
 
 async def delete_some(stack: Stack, rng: random.Random, subs: list[Submission]) -> None:
     for sub in subs:
         if sub.job_id is not None and rng.random() < 0.15:
-            sub.deleted = await api_call(stack, "DELETE", f"/api/v1/jobs/{sub.job_id}") == 204
+            sub.deleted = await api_call(stack, sub, "DELETE", f"/api/v1/jobs/{sub.job_id}") == 204
 
 
 # -- scenarios --------------------------------------------------------------------------------------
