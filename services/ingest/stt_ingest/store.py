@@ -130,7 +130,8 @@ class IngestStore(ObjectStore):
         *,
         content_type: str = "application/octet-stream",
     ) -> int:
-        """Upload a stream of any length; returns the bytes written. Memory: two part buffers.
+        """Upload a stream of any length; returns the bytes written. Memory: at most two part
+        buffers (a stream shorter than a part: its own size).
 
         A stream shorter than one part becomes a single PUT. If the stream raises (a size limit, a
         client that went away) or a part fails, the part in flight is cancelled and the multipart
@@ -156,7 +157,10 @@ class IngestStore(ObjectStore):
                 data = memoryview(block)
                 while data:
                     if buffer is None:
-                        buffer, spare = spare or bytearray(part_size), None
+                        # The first buffer grows with the data (slice assignment past its end
+                        # appends), so a small upload holds its own size, not a whole part; later
+                        # ones reuse the part-sized buffer sent before.
+                        buffer, spare = (spare if spare is not None else bytearray()), None
                     take = min(len(data), part_size - filled)
                     buffer[filled : filled + take] = data[:take]
                     filled += take
