@@ -71,6 +71,6 @@ def _wrapped(cause: BaseException) -> BaseException:
 def test_postgres_restarting_is_a_503_not_a_500(cause: BaseException, unavailable: bool) -> None:
     """Regression (found by the postgres_restart scenario): ingest answered 500 internal_error while
     Postgres restarted; the middleware now tells an outage (503, Retry-After) from a bug (500)."""
-    from stt_ingest.middleware import database_unavailable
+    from stt_ingest.middleware import dependency_unavailable
 
-    assert database_unavailable(_wrapped(cause)) is unavailable
+    assert dependency_unavailable(_wrapped(cause)) is unavailable

@@ -4,8 +4,9 @@
   every log line of the request (structlog contextvars) and returned on the response.
 * Metrics by route *template* (`/api/v1/jobs/{job_id}`), never the raw path.
 * The last resort for unhandled exceptions: logged with the stack trace, answered as a generic 500
-  problem that carries only the request id; or, when the database could not be reached (down or
-  restarting), as a 503 with Retry-After, so clients retry instead of giving up.
+  problem that carries only the request id; or, when a dependency could not be reached (the
+  database or object storage down or restarting), as a 503 with Retry-After, so clients retry
+  instead of giving up.
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ REQUEST_ID_HEADER = "X-Request-ID"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
-def database_unavailable(error: BaseException) -> bool:
-    """True when `error` (or what caused it) says the database is unreachable or restarting: the
-    connection refused, reset or closed, or Postgres starting up or shutting down."""
+def dependency_unavailable(error: BaseException) -> bool:
+    """True when `error` (or what caused it) says a dependency is unreachable or restarting: a
+    connection refused, reset or closed (any `ConnectionError` in the chain: Postgres, S3, ...), or
+    Postgres starting up or shutting down."""
     seen: BaseException | None = error
     for _ in range(10):  # a cause chain is short; never loop on a cycle
         if seen is None:
@@ -94,8 +96,11 @@ class RequestContextMiddleware:
             if response_started:
                 raise
             headers = [(REQUEST_ID_HEADER.lower().encode(), request_id.encode())]
-            if database_unavailable(error):
-                status, code, detail = 503, "database_unavailable", "Try again shortly."
+            if dependency_unavailable(error):
+                status, code = 503, "service_unavailable"
+                detail = (
+                    "A service this API depends on (database or storage) is unreachable; try again shortly."
+                )
                 headers.append((b"retry-after", b"5"))
             else:
                 status, code = 500, "internal_error"
