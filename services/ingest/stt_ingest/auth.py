@@ -1,4 +1,5 @@
-"""API key authentication: `X-API-Key`, looked up by its SHA-256 and compared in constant time.
+"""API key authentication: `X-API-Key` (or `Authorization: Bearer <key>`, the form OpenAI's SDK and most
+HTTP tooling send), looked up by its SHA-256 and compared in constant time.
 
 Every job query is scoped by the returned principal's key id, so another key's job is simply not
 found (404), never "forbidden" (403), which would confirm that the id exists.
@@ -12,7 +13,7 @@ from typing import Annotated
 
 import structlog
 from fastapi import Depends, Request
-from fastapi.security import APIKeyHeader
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 
 from stt_common.apikeys import hash_api_key, keys_match
@@ -28,6 +29,10 @@ api_key_scheme = APIKeyHeader(
     auto_error=False,
     description="An API key made with `python -m stt_ingest keys create`.",
 )
+bearer_scheme = HTTPBearer(
+    auto_error=False,
+    description="The same API key as a bearer token: `Authorization: Bearer <key>`.",
+)
 
 
 @dataclass(frozen=True)
@@ -38,13 +43,16 @@ class Principal:
     rate_limit_per_minute: int | None
 
 
-_CHALLENGE = {"WWW-Authenticate": f'ApiKey header="{API_KEY_HEADER}"'}
+_CHALLENGE = {"WWW-Authenticate": f'ApiKey header="{API_KEY_HEADER}", Bearer'}
 
 
 async def authenticate(state: AppState, presented: str | None) -> Principal:
     if not presented:
         raise ApiProblem(
-            401, "unauthenticated", f"Send an API key in the {API_KEY_HEADER} header.", headers=_CHALLENGE
+            401,
+            "unauthenticated",
+            f"Send an API key in the {API_KEY_HEADER} header (or as `Authorization: Bearer <key>`).",
+            headers=_CHALLENGE,
         )
     if len(presented) > _MAX_KEY_LENGTH:
         raise ApiProblem(401, "invalid_api_key", "The API key is not valid.", headers=_CHALLENGE)
@@ -64,9 +72,12 @@ async def authenticate(state: AppState, presented: str | None) -> Principal:
 
 
 async def current_principal(
-    request: Request, api_key: Annotated[str | None, Depends(api_key_scheme)]
+    request: Request,
+    api_key: Annotated[str | None, Depends(api_key_scheme)],
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
 ) -> Principal:
-    return await authenticate(app_state(request), api_key)
+    # `X-API-Key` wins when both are sent: it is this API's own header.
+    return await authenticate(app_state(request), api_key or (bearer.credentials if bearer else None))
 
 
 PrincipalDep = Annotated[Principal, Depends(current_principal)]

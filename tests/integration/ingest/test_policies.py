@@ -53,15 +53,23 @@ async def test_requests_without_a_valid_key_are_401(
 ) -> None:
     missing = await api.client.get("/api/v1/jobs")
     assert_problem(missing, 401, "unauthenticated")
-    assert missing.headers["www-authenticate"] == 'ApiKey header="X-API-Key"'
+    assert missing.headers["www-authenticate"] == 'ApiKey header="X-API-Key", Bearer'
     for presented in ("stt_not-a-real-key", "x" * 1000, "stt_" + "A" * 43):
         assert_problem(
             await api.client.get("/api/v1/jobs", headers={"X-API-Key": presented}), 401, "invalid_api_key"
         )
     key = await make_key()
     assert (await api.client.get("/api/v1/jobs", headers=key.headers)).status_code == 200
+    bearer = {"Authorization": f"Bearer {key.headers['X-API-Key']}"}
+    assert (await api.client.get("/api/v1/jobs", headers=bearer)).status_code == 200
+    assert_problem(
+        await api.client.get("/api/v1/jobs", headers={"Authorization": "Bearer stt_not-a-real-key"}),
+        401,
+        "invalid_api_key",
+    )
     await keys.revoke_key(sessionmaker_, str(key.id))
     assert_problem(await api.client.get("/api/v1/jobs", headers=key.headers), 401, "invalid_api_key")
+    assert_problem(await api.client.get("/api/v1/jobs", headers=bearer), 401, "invalid_api_key")
     assert_problem(await post_upload(api, key), 401, "invalid_api_key")
 
 
