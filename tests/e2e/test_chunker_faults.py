@@ -189,7 +189,7 @@ async def test_a_recording_over_the_length_limit_fails_and_leaves_no_chunks(
     assert job.error_code == "invalid_audio"
     assert job.error_message is not None
     assert job.error_message.startswith("the recording is longer than the limit of 3.33 minutes: split")
-    assert await store.list_keys(f"jobs/{job_id}/chunks/") == []
+    await _chunk_objects_deleted(store, job_id)
     assert await store.list_keys(f"jobs/{job_id}/original") != [], "the upload itself is kept for retry"
 
 
@@ -243,4 +243,14 @@ async def test_a_chunk_put_that_lands_after_the_failure_is_still_deleted(
     assert job.status == JobStatus.FAILED
     assert job.error_code == "invalid_audio"
     assert held.passed_on, "a chunk PUT was in flight when the job failed"
-    assert await store.list_keys(f"jobs/{job_id}/chunks/") == []
+    await _chunk_objects_deleted(store, job_id)
+
+
+async def _chunk_objects_deleted(store: ObjectStore, job_id: uuid.UUID) -> None:
+    """The chunker fails the job first (so transcribers of chunks it already announced stop), then
+    deletes the chunks: wait for that cleanup, which a PUT landing after it would outlive."""
+
+    async def no_chunk_objects() -> bool:
+        return await store.list_keys(f"jobs/{job_id}/chunks/") == []
+
+    await wait_until(no_chunk_objects, timeout=30, what="the failed job's chunk objects deleted")

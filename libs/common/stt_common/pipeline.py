@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from dataclasses import dataclass
 
 from sqlalchemy import and_, func, or_, select
@@ -90,16 +90,18 @@ class ChunkView:
 Trigger = tuple[Topic, int | None]  # a topic and the chunk index its envelope names (None: the job)
 
 
-def resume_triggers(context_mode: str, chunks: Sequence[ChunkView]) -> list[Trigger]:
+def resume_triggers(context_mode: str, chunks: Sequence[ChunkView], *, chunked: bool) -> list[Trigger]:
     """The triggers that move a job on from where its chunks stand (the one place this is decided):
 
-    * no chunks yet: `stt.jobs.submitted` (the chunker chunks it, or re-emits a chunked job's chunks);
+    * not chunked yet (`chunks_total` unset: the chunker announces chunks while it still cuts later
+      ones, so rows alone do not say the set is whole): `stt.jobs.submitted` (the chunker chunks it
+      again; keys and rows are deterministic);
     * every chunk done: `stt.jobs.transcribed` (the merger);
     * else `stt.chunks.ready` for each chunk waiting for a transcriber; in chained mode only the first
       unfinished one, and only if it is waiting (each chunk's transcriber emits the next).
 
     Safe to repeat: every consumer claims its work conditionally, so an extra trigger is a no-op."""
-    if not chunks:
+    if not chunked or not chunks:
         return [(Topic.JOBS_SUBMITTED, None)]
     unfinished = [chunk for chunk in sorted(chunks, key=lambda c: c.index) if not chunk.completed]
     if not unfinished:
@@ -107,6 +109,27 @@ def resume_triggers(context_mode: str, chunks: Sequence[ChunkView]) -> list[Trig
     if context_mode == "chained":
         unfinished = unfinished[:1]
     return [(Topic.CHUNKS_READY, chunk.index) for chunk in unfinished if chunk.waiting]
+
+
+async def start_merge_if_transcribed(session: AsyncSession, job_id: uuid.UUID, *, stage: str) -> bool:
+    """Move a TRANSCRIBING job with no unfinished chunk to MERGING; True if this call did (the caller
+    then emits `stt.jobs.transcribed` once it has committed).
+
+    Called under the job's row lock by both parties that can be last: the transcriber after each
+    chunk it completes, and the chunker once it has announced every chunk (`CHUNKING → TRANSCRIBING`),
+    since transcribers may finish every chunk of a job while the chunker is still cutting it. The
+    lock serialises them, so exactly one sees "none left" with the job TRANSCRIBING."""
+    unfinished = await session.scalar(
+        select(func.count())
+        .select_from(Chunk)
+        .where(Chunk.job_id == job_id, Chunk.status != ChunkStatus.COMPLETED)
+    )
+    if unfinished:
+        return False
+    moved = await transition_job(
+        session, job_id, JobStatus.MERGING, allowed_from={JobStatus.TRANSCRIBING}, stage=stage
+    )
+    return moved is not None
 
 
 async def chunk_views(session: AsyncSession, job_id: uuid.UUID) -> list[ChunkView]:
@@ -121,11 +144,20 @@ async def chunk_views(session: AsyncSession, job_id: uuid.UUID) -> list[ChunkVie
 
 
 async def emit_resume_triggers(
-    sessions: async_sessionmaker[AsyncSession], producer: EventProducer, job: Job, *, stage: str
+    sessions: async_sessionmaker[AsyncSession],
+    producer: EventProducer,
+    job: Job,
+    *,
+    stage: str,
+    skip: Set[int] = frozenset(),
 ) -> list[Trigger]:
-    """Emit `resume_triggers` for a job as its chunks stand now; returns what was emitted."""
+    """Emit `resume_triggers` for a job as its chunks stand now, less the chunks in `skip` (already
+    announced by the caller); returns what was emitted."""
     async with sessions() as session:
-        triggers = resume_triggers(job.context_mode, await chunk_views(session, job.id))
+        triggers = resume_triggers(
+            job.context_mode, await chunk_views(session, job.id), chunked=job.chunks_total is not None
+        )
+    triggers = [(topic, index) for topic, index in triggers if index is None or index not in skip]
     # All at once: one after another, each waits for the broker's acknowledgement, and the last of
     # a dozen chunks would reach its transcriber a dozen round trips after the first.
     await asyncio.gather(

@@ -1,9 +1,15 @@
 """The chunker stage: original audio/video in S3 → normalised, planned, uploaded chunks + chunk rows.
 
-Idempotent: chunk keys are deterministic, chunk rows are inserted with ON CONFLICT DO NOTHING, and
-only the instance that wins `CHUNKING → TRANSCRIBING` emits the chunk triggers. A redelivered
-trigger for a job already TRANSCRIBING re-emits its pending chunks (the previous holder may have
-died between its commit and its produce); transcribers ignore chunks that are taken or done.
+Each chunk is announced as soon as it is in S3: its row is inserted (ON CONFLICT DO NOTHING) and
+its `stt.chunks.ready` trigger produced while later audio is still being decoded, so transcribers
+start on the first chunk seconds into a long recording. The job stays CHUNKING until the last chunk
+is announced; `CHUNKING → TRANSCRIBING` (with `chunks_total`) then says the set is whole, and if the
+transcribers already finished every chunk, the same transaction starts the merge.
+
+Idempotent: chunk keys and windows are deterministic, and only the instance that wins
+`CHUNKING → TRANSCRIBING` emits what is still owed. A redelivered trigger for a job already
+TRANSCRIBING re-emits its pending chunks (the previous holder may have died between its commit and
+its produce); transcribers ignore chunks that are taken or done.
 """
 
 from __future__ import annotations
@@ -13,11 +19,11 @@ import contextlib
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from sqlalchemy import func, select
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.dialects.postgresql import Insert, insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from stt_chunker.audio import (
@@ -34,8 +40,8 @@ from stt_common.db.models import ApiKey, Chunk, ChunkStatus, Job, JobStatus
 from stt_common.errors import ErrorCode, SttError
 from stt_common.kafka import EventProducer
 from stt_common.logs import get_logger
-from stt_common.messages import Envelope
-from stt_common.pipeline import emit_resume_triggers, fail_job, load_job
+from stt_common.messages import Envelope, Topic
+from stt_common.pipeline import emit_resume_triggers, fail_job, load_job, start_merge_if_transcribed
 from stt_common.providers.catalogue import PROVIDERS
 from stt_common.runner import Outcome
 from stt_common.s3 import ObjectNotFoundError, ObjectStore, chunk_audio_key, chunks_prefix, original_key
@@ -104,12 +110,23 @@ class ChunkerHandler:
             await session.commit()
 
         started = time.perf_counter()
+        announced: dict[int, float] = {}  # chunk index → seconds after `started` its trigger went out
+
+        async def announce(window: ChunkWindow) -> None:
+            if await self._announce(job, window):
+                announced[window.index] = round(time.perf_counter() - started, 3)
+
         with tempfile.TemporaryDirectory(prefix=f"chunk-{job.id}-", dir=self._settings.work_dir) as tmp:
             workdir = Path(tmp)
             try:
-                windows, duration, timings = await self._split(job, workdir)
+                windows, duration, timings = await self._split(job, workdir, announce)
             except _ChunkingFailed as failed:  # unreadable media, too long, or ffmpeg past its time limit
                 exc = failed.error
+                # Failed first, so transcribers of chunks already announced stop at their next check
+                # instead of failing the job for a chunk object deleted under them.
+                await fail_job(
+                    self._sessions, self._producer, job.id, code=exc.code, message=exc.message, stage=STAGE
+                )
                 # Chunks cut before the decode failed (a recording over the length limit fails only at
                 # the limit) would otherwise sit in storage until retention deletes the job. Every
                 # planned key is deleted by name (the uploads have settled; a listing can lag a PUT
@@ -118,9 +135,6 @@ class ChunkerHandler:
                 for index in failed.planned:
                     await self._store.delete(chunk_audio_key(job.id, index))
                 await self._store.delete_prefix(chunks_prefix(job.id))
-                await fail_job(
-                    self._sessions, self._producer, job.id, code=exc.code, message=exc.message, stage=STAGE
-                )
                 return Outcome.OK
             except ObjectNotFoundError:
                 await fail_job(
@@ -134,22 +148,10 @@ class ChunkerHandler:
                 return Outcome.OK
 
         async with self._sessions() as session:
-            await session.execute(
-                insert(Chunk)
-                .values(
-                    [
-                        {
-                            "job_id": job.id,
-                            "chunk_index": w.index,
-                            "start_seconds": w.start,
-                            "end_seconds": w.end,
-                            "status": ChunkStatus.PENDING,
-                        }
-                        for w in windows
-                    ]
-                )
-                .on_conflict_do_nothing(index_elements=["job_id", "chunk_index"])
-            )
+            # The job's row lock first: a transcriber completing a chunk takes it too, so exactly one
+            # of us sees the last chunk done with the job TRANSCRIBING (start_merge_if_transcribed).
+            await session.execute(select(Job.id).where(Job.id == job.id).with_for_update())
+            await session.execute(_chunk_rows(job.id, windows))
             won = await transition_job(
                 session,
                 job.id,
@@ -161,16 +163,41 @@ class ChunkerHandler:
                     "duration_seconds": round(duration, 3),
                     "chunking_seconds": round(time.perf_counter() - started, 3),
                     **timings,
+                    **({"first_chunk_ready_seconds": min(announced.values())} if announced else {}),
                 },
                 chunks_total=len(windows),
                 duration_seconds=duration,
             )
+            merging = won is not None and await start_merge_if_transcribed(session, job.id, stage=STAGE)
             await session.commit()
         if won is None:
             return Outcome.DUPLICATE  # another instance finished first, or the job was cancelled
+        if merging:  # the transcribers finished every chunk before the last one was announced
+            await self._producer.trigger(Topic.JOBS_TRANSCRIBED, job.id, producer=STAGE)
+            return Outcome.OK
+        # Whatever was not announced by this run (chunks whose rows an earlier, dead run inserted;
+        # in chained mode a chain that reached a chunk before its row existed). Announced chunks are
+        # left out: a second trigger for a chunk being transcribed holds a transcriber until the
+        # lease ends.
         job.chunks_total = len(windows)
-        await emit_resume_triggers(self._sessions, self._producer, job, stage=STAGE)
+        await emit_resume_triggers(self._sessions, self._producer, job, stage=STAGE, skip=set(announced))
         return Outcome.OK
+
+    async def _announce(self, job: Job, window: ChunkWindow) -> bool:
+        """Record an uploaded chunk and hand it to the transcribers now; True if its trigger went out.
+
+        Only a row this run inserted is announced: one an earlier (dead) run inserted may be taken
+        already, and a second trigger for a chunk being transcribed holds a transcriber until its
+        lease ends; the final step emits what is still owed. In chained mode only the first chunk
+        goes out here: each chunk's transcriber emits the next, and the final step mends a chain
+        that reached a chunk before its row existed."""
+        async with self._sessions() as session:
+            inserted = (await session.execute(_chunk_rows(job.id, [window]).returning(Chunk.id))).first()
+            await session.commit()
+        if inserted is None or (job.context_mode == "chained" and window.index > 0):
+            return False
+        await self._producer.trigger(Topic.CHUNKS_READY, job.id, producer=STAGE, chunk_index=window.index)
+        return True
 
     async def _max_audio_seconds(self, job: Job) -> float:
         """The job's key's own limit on recording length, else the service's."""
@@ -183,9 +210,11 @@ class ChunkerHandler:
                 return own
         return self._settings.max_audio_seconds
 
-    async def _split(self, job: Job, workdir: Path) -> tuple[list[ChunkWindow], float, dict[str, float]]:
-        """Download, then decode while planning and uploading chunks; returns the windows, the duration
-        and step timings.
+    async def _split(
+        self, job: Job, workdir: Path, announce: Callable[[ChunkWindow], Awaitable[None]]
+    ) -> tuple[list[ChunkWindow], float, dict[str, float]]:
+        """Download, then decode while planning, uploading and announcing chunks; returns the windows,
+        the duration and step timings.
 
         The decode is the long step, so it is not waited for: every chunk whose boundaries are
         already certain (see ChunkPlanner) is cut from the growing WAV and uploaded while ffmpeg
@@ -227,7 +256,9 @@ class ChunkerHandler:
         def start_uploads(ready: list[ChunkWindow]) -> None:
             for window in ready:
                 windows.append(window)
-                uploads.append(asyncio.create_task(self._upload_chunk(job.id, wav, window, limiter, abandon)))
+                uploads.append(
+                    asyncio.create_task(self._upload_chunk(job.id, wav, window, limiter, abandon, announce))
+                )
 
         decoding = asyncio.create_task(
             normalise(
@@ -280,6 +311,7 @@ class ChunkerHandler:
         window: ChunkWindow,
         limiter: asyncio.Semaphore,
         abandon: asyncio.Event,
+        announce: Callable[[ChunkWindow], Awaitable[None]],
     ) -> None:
         blocks = wav_chunk_blocks(wav, window.start, window.end, block_frames=_UPLOAD_BLOCK_FRAMES)
 
@@ -295,3 +327,24 @@ class ChunkerHandler:
                 await self._store.upload_stream(
                     chunk_audio_key(job_id, window.index), read(), content_type="audio/wav"
                 )
+        await announce(window)
+
+
+def _chunk_rows(job_id: uuid.UUID, windows: list[ChunkWindow]) -> Insert:
+    """PENDING rows for chunks; those already there (announced earlier) are left as they are."""
+    return (
+        insert(Chunk)
+        .values(
+            [
+                {
+                    "job_id": job_id,
+                    "chunk_index": w.index,
+                    "start_seconds": w.start,
+                    "end_seconds": w.end,
+                    "status": ChunkStatus.PENDING,
+                }
+                for w in windows
+            ]
+        )
+        .on_conflict_do_nothing(index_elements=["job_id", "chunk_index"])
+    )

@@ -12,13 +12,14 @@ import base64
 import binascii
 import json
 import uuid
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, tuple_, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import delete, func, select, true, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from stt_common import metrics as common_metrics
 from stt_common.db.jobs import transition_job
@@ -148,10 +149,41 @@ def job_view(job: Job, progress: Progress, base_url: str) -> JobView:
 
 
 async def load_view(state: AppState, principal: Principal, job_id: uuid.UUID, base_url: str) -> JobView:
-    async with state.sessionmaker() as session:
-        job = await owned_job(session, principal, job_id)
-        progress = await progress_of(session, [job])
-        return job_view(job, progress[job.id], base_url)
+    """One job as `GET /api/v1/jobs/{id}` shows it: the job and its chunk counts in ONE statement,
+    outside a transaction (one statement needs none: it reads one snapshot), so a poll is a single
+    query round trip instead of BEGIN, two queries and ROLLBACK."""
+    counts = (
+        select(
+            func.count().label("total"),
+            func.count().filter(Chunk.status == ChunkStatus.COMPLETED).label("done"),
+        )
+        .where(Chunk.job_id == Job.id)
+        .lateral("chunk_counts")
+    )
+    query = (
+        select(Job, counts.c.total, counts.c.done)
+        .join(counts, true())
+        .where(Job.id == job_id, Job.api_key_id == principal.key_id)
+    )
+    async with state.sessionmaker(bind=_autocommit(state.engine)) as session:
+        row = (await session.execute(query)).first()
+    if row is None:
+        raise not_found()
+    job, total, done = row
+    progress = Progress(chunks_total=max(int(total), job.chunks_total or 0), chunks_done=int(done))
+    return job_view(job, progress, base_url)
+
+
+_AUTOCOMMIT: weakref.WeakKeyDictionary[AsyncEngine, AsyncEngine] = weakref.WeakKeyDictionary()
+
+
+def _autocommit(engine: AsyncEngine) -> AsyncEngine:
+    """The engine's pool, without the transaction SQLAlchemy opens by default (for single reads).
+    Made once per engine: building the option engine per request costs more than the read."""
+    reader = _AUTOCOMMIT.get(engine)
+    if reader is None:
+        reader = _AUTOCOMMIT[engine] = engine.execution_options(isolation_level="AUTOCOMMIT")
+    return reader
 
 
 async def load_events(state: AppState, principal: Principal, job_id: uuid.UUID) -> JobEvents:
@@ -300,7 +332,8 @@ async def retry_job(state: AppState, principal: Principal, job_id: uuid.UUID) ->
     """A FAILED or CANCELLED job resumes where it stopped:
 
     * no original yet (a URL whose download failed): PENDING, and the download runs again;
-    * not chunked (or chunking unfinished): UPLOADED, `stt.jobs.submitted` again;
+    * not chunked (or chunking unfinished: its partial chunk rows are dropped): UPLOADED,
+      `stt.jobs.submitted` again;
     * chunked: every unfinished chunk (PENDING/PROCESSING/FAILED) goes back to PENDING and only those
       are emitted on `stt.chunks.ready` (in chained mode only the first, the rest follow in order);
       the job is TRANSCRIBING again;
@@ -328,6 +361,10 @@ async def retry_job(state: AppState, principal: Principal, job_id: uuid.UUID) ->
         "redrive_count": 0,
     }
     async with state.sessionmaker() as session, session.begin():
+        if job.chunks_total is None:
+            # Stopped while chunking: the rows announced so far are a partial set whose objects
+            # the chunker's failure path (or the orphan sweep) deletes; chunking starts over.
+            await session.execute(delete(Chunk).where(Chunk.job_id == job_id))
         chunks = list(
             (
                 await session.scalars(
@@ -348,7 +385,8 @@ async def retry_job(state: AppState, principal: Principal, job_id: uuid.UUID) ->
             ChunkView(chunk.chunk_index, chunk.status == ChunkStatus.COMPLETED, waiting=True)
             for chunk in chunks
         ]
-        triggers = resume_triggers(job.context_mode, views) if has_original else []
+        chunked = job.chunks_total is not None
+        triggers = resume_triggers(job.context_mode, views, chunked=chunked) if has_original else []
         topic = triggers[0][0] if triggers else Topic.JOBS_SUBMITTED
         target, resume = _RESUME[topic] if has_original else (JobStatus.PENDING, "download")
         detail: dict[str, Any] = {"action": "retry", "resume": resume}

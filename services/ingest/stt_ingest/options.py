@@ -20,7 +20,7 @@ from stt_ingest.settings import IngestSettings, missing_setting
 
 FORM_FIELDS = frozenset(
     {"language", "provider", "model", "context_mode", "webhook_url", "prompt", "vocabulary", "output",
-     "delete_after_seconds", "fallback_providers"}
+     "delete_after_seconds", "fallback_providers", "task"}
 )  # fmt: skip
 _REPEATABLE = frozenset({"vocabulary", "fallback_providers"})
 
@@ -123,7 +123,11 @@ def resolve_options(options: JobOptions, settings: IngestSettings) -> ResolvedOp
     model = options.model
     if provider == "local":
         model = local_models.model_for_job(options.model, language, settings.local_model)
+        if options.task == "translate" and model is None:
+            # As for a language the default model does not speak: the model that can, not a refusal.
+            model = _translating_default(settings)
         errors.extend(_local_model_errors(model, language, settings))
+    errors.extend(_task_errors(options.task, provider, model, fallbacks, settings))
     webhook_url = options.webhook_url
     if webhook_url is not None:
         try:
@@ -163,6 +167,8 @@ def resolve_options(options: JobOptions, settings: IngestSettings) -> ResolvedOp
             "vocabulary": list(options.vocabulary),
             "output": output,
             **({"fallback_providers": fallbacks} if fallbacks else {}),
+            # Only when not the default: the options of every transcription job stay as they were.
+            **({"task": options.task} if options.task != "transcribe" else {}),
         },
     )
 
@@ -207,6 +213,41 @@ def _fallback_errors(
                 FieldError(loc=loc, msg=error.msg, type=error.type)
                 for error in _provider_errors(name, language, settings)
             )
+    return errors
+
+
+def _translating_default(settings: IngestSettings) -> str | None:
+    """The model of a local translate job that names none: the server's default if it can translate
+    (None: stored as "the default"), else the multilingual model."""
+    if local_models.is_english_only(local_models.configured_model(settings.local_model)):
+        return local_models.MULTILINGUAL_MODEL
+    return None
+
+
+def _task_errors(
+    task: str, provider: str, model: str | None, fallbacks: list[str], settings: IngestSettings
+) -> list[FieldError]:
+    """A translate job needs providers that translate (every fallback too: a chunk a fallback
+    transcribed would come back untranslated), and for `local` a multilingual model."""
+    if task != "translate":
+        return []
+    able = [name for name in configured_providers(settings) if PROVIDERS[name].capabilities.translate]
+    choose = f"choose one of: {', '.join(able)}" if able else "no provider configured here can"
+    errors: list[FieldError] = []
+    for position, name in enumerate([provider, *fallbacks]):
+        info = PROVIDERS.get(name)
+        if info is None or info.capabilities.translate:
+            continue
+        loc: list[str | int] = ["body", "provider"] if position == 0 else ["body", "fallback_providers", position - 1]
+        message = f"Provider {name!r} cannot translate (task=translate); {choose}, or use task=transcribe."
+        errors.append(FieldError(loc=loc, msg=message, type="translate_unsupported"))
+    resolved = local_models.resolve_model_name(model, settings.local_model) if provider == "local" else None
+    if resolved is not None and local_models.is_english_only(resolved):
+        message = (
+            f"Model {resolved!r} is English-only and cannot translate: use model "
+            f"{local_models.MULTILINGUAL_MODEL!r} (multilingual), or task=transcribe."
+        )
+        errors.append(FieldError(loc=["body", "model"], msg=message, type="translate_unsupported"))
     return errors
 
 

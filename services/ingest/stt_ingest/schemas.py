@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from stt_common.db.models import JobStatus
 
 ContextMode = Literal["parallel", "chained"]
+Task = Literal["transcribe", "translate"]
 # Free text ends up in Postgres (jsonb), which cannot store U+0000: refused as invalid input (422)
 # rather than failing at the insert (500).
 NO_NUL = r"^[^\x00]*$"
@@ -59,6 +60,13 @@ class JobOptions(BaseModel):
         default=None,
         description="`parallel` (all chunks at once) or `chained` (each chunk gets the previous one's "
         "last segments as context). Default: chained for LLM providers (gemini), parallel otherwise.",
+    )
+    task: Task = Field(
+        default="transcribe",
+        description="`transcribe` (text in the language spoken) or `translate` (English text, whatever "
+        "the language spoken: Whisper's translate task). Translation needs a provider that can "
+        "(`local` with the multilingual model `base`, which a job naming no model gets); others are "
+        "refused (422). `language`, if given, is the language spoken.",
     )
     webhook_url: str | None = Field(
         default=None,

@@ -68,6 +68,15 @@ class IngestSettings(ProviderSettings):
         default=64 * 1024, ge=1024, description="Largest JSON request body (everything but the upload)."
     )
 
+    # API keys.
+    api_key_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="How long a process reuses an API key's lookup (only keys found active are kept, "
+        "4,096 at most). Revoking a key notifies every replica, which drops it at once; a replica that "
+        "missed the notice refuses the key at the latest this long after. 0 = a lookup per request.",
+    )
+
     # Rate limiting (per API key, shared by every replica through Redis).
     rate_limit_per_minute: int = Field(
         default=10, ge=0, description="Submissions per key per window, unless the key sets its own; 0 = off."
@@ -128,6 +137,15 @@ class IngestSettings(ProviderSettings):
     )
     follow_max_streams: int = Field(
         default=5000, ge=1, description="Open streams per process; more are refused (503, Retry-After)."
+    )
+
+    # OpenAI-compatible endpoints (`POST /v1/audio/transcriptions`, `/v1/audio/translations`).
+    openai_wait_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="How long `/v1/audio/*` waits for its job before answering 504 with the job's id and "
+        "`Location` (the job goes on; the same request sent again answers from it). Shorter when the "
+        "client says it gives up sooner (the OpenAI SDK's `X-Stainless-Read-Timeout`).",
     )
 
     # Kafka trigger.

@@ -19,6 +19,15 @@ Upload, step by step (nothing is held whole in memory or written to local disk):
 
 Any failure after step 2 deletes the object, the job row and the idempotency reservation: a refused
 upload leaves nothing behind.
+
+Callers with another form (the OpenAI-compatible `/v1/audio/*`) pass `read_options`, which turns
+their fields into `JobOptions`, and may ask for `same_request_reuse`: without an `Idempotency-Key`,
+an upload identical to an earlier one of the same key (same file bytes, name and options, within
+`idempotency_ttl_seconds`) whose job is not FAILED or CANCELLED answers with that job instead of
+making another. Clients that retry on their own (the OpenAI SDK retries timeouts and 5xx, and sends
+no key) then never have one file transcribed twice. The check runs in step 5's transaction, through
+a reservation named after the request's digest, so two identical uploads racing each other also
+end with one job; the loser's object and row are removed like a refused upload's.
 """
 
 from __future__ import annotations
@@ -26,10 +35,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from fastapi import Request
 from sqlalchemy import delete
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from stt_common.db.jobs import transition_job
 from stt_common.db.models import IdempotencyKey, Job, JobEvent, JobStatus
@@ -52,6 +63,13 @@ log = get_logger(__name__)
 
 # Room for the multipart framing and the text fields on top of the file itself.
 _FORM_OVERHEAD_BYTES = 64 * 1024
+# Reservations of `same_request_reuse` are named this plus the request's digest. The space keeps them
+# apart from every `Idempotency-Key` a client can send (visible ASCII only).
+SAME_REQUEST_PREFIX = "same-request "
+# Jobs a repeated request does not reuse: it gets a new job, as a retry after a failure should.
+_NOT_REUSED = frozenset({JobStatus.FAILED, JobStatus.CANCELLED})
+
+OptionsReader = Callable[[Mapping[str, list[str]]], JobOptions]
 
 
 @dataclass(frozen=True)
@@ -129,12 +147,23 @@ def _created_event(job_id: uuid.UUID, kind: str) -> JobEvent:
 
 
 class _Upload:
-    def __init__(self, state: AppState, request: Request, principal: Principal, idem_key: str | None) -> None:
+    def __init__(
+        self,
+        state: AppState,
+        request: Request,
+        principal: Principal,
+        idem_key: str | None,
+        read_options: OptionsReader = options_from_form,
+        same_request_reuse: bool = False,
+    ) -> None:
         self.state = state
         self.settings = state.settings
         self.request = request
         self.principal = principal
         self.idem_key = idem_key
+        self.read_options = read_options
+        # An explicit key says which requests are the same; the content decides only without one.
+        self.reuse = same_request_reuse and idem_key is None
         self.fields: dict[str, list[str]] = {}
         self.form = StreamingForm(
             request.stream(),
@@ -179,20 +208,27 @@ class _Upload:
             self._add_field(item)
 
     def digest(self, filename: str, media: MediaStream) -> str:
-        options = options_from_form(self.fields)
+        options = self.read_options(self.fields)
         dump = options.model_dump(mode="json")
         return request_hash({"kind": "upload", "options": dump, "filename": filename, "sha256": media.sha256})
 
 
 async def submit_upload(
-    state: AppState, request: Request, principal: Principal, idem_key: str | None, base_url: str
+    state: AppState,
+    request: Request,
+    principal: Principal,
+    idem_key: str | None,
+    base_url: str,
+    *,
+    read_options: OptionsReader = options_from_form,
+    same_request_reuse: bool = False,
 ) -> Outcome:
     if not _is_form(request):
         raise ApiProblem(
             415, "unsupported_content_type", "The body must be multipart/form-data with a `file` part."
         )
     try:
-        upload = _Upload(state, request, principal, idem_key)
+        upload = _Upload(state, request, principal, idem_key, read_options, same_request_reuse)
         content_length = request.headers.get("content-length", "")
         if content_length.isdigit() and int(content_length) > upload.body_limit:
             raise _too_large(state.settings.max_upload_bytes)
@@ -222,7 +258,7 @@ async def _submit_upload(upload: _Upload, base_url: str) -> Outcome:
         filename=part.filename,
         require_extension=True,
         max_bytes=settings.max_upload_bytes,
-        hashed=upload.idem_key is not None,
+        hashed=upload.idem_key is not None or upload.reuse,
     )
 
     if record is not None:
@@ -234,7 +270,7 @@ async def _submit_upload(upload: _Upload, base_url: str) -> Outcome:
         await upload.read_rest()
         return await _replay(state, principal, record, upload.digest(filename, media), base_url)
 
-    early = resolve_options(options_from_form(upload.fields), settings)  # fields sent before the file
+    early = resolve_options(upload.read_options(upload.fields), settings)  # fields sent before the file
     detected = await media.prime()
     job_id = uuid.uuid4()
     async with state.sessionmaker() as session, session.begin():
@@ -252,8 +288,14 @@ async def _submit_upload(upload: _Upload, base_url: str) -> Outcome:
         async with idempotency.kept_alive(state.sessionmaker, principal.key_id, upload.idem_key):
             await state.store.upload_stream(original_key(job_id), media.blocks(), content_type=detected.mime)
             await upload.read_rest()
-        resolved = resolve_options(options_from_form(upload.fields), settings)
+        resolved = resolve_options(upload.read_options(upload.fields), settings)
         async with state.sessionmaker() as session, session.begin():
+            if upload.reuse:
+                earlier = await _claim_same_request(
+                    session, principal, job_id, upload.digest(filename, media), settings.idempotency_ttl_seconds
+                )
+                if earlier is not None:
+                    raise _SameRequestError(earlier)
             previous = await transition_job(
                 session,
                 job_id,
@@ -269,6 +311,10 @@ async def _submit_upload(upload: _Upload, base_url: str) -> Outcome:
                     session, principal.key_id, upload.idem_key, digest=upload.digest(filename, media),
                     ttl_seconds=settings.idempotency_ttl_seconds,
                 )  # fmt: skip
+    except _SameRequestError as same:
+        await asyncio.shield(_discard(state, principal, job_id, upload.idem_key))
+        log.info("same request as an earlier upload: its job answers", job_id=str(same.job_id))
+        return await _earlier_job(state, principal, same.job_id, base_url)
     except BaseException:
         await asyncio.shield(_discard(state, principal, job_id, upload.idem_key))
         raise
@@ -281,6 +327,41 @@ async def _submit_upload(upload: _Upload, base_url: str) -> Outcome:
     log.info("upload stored", job_id=str(job_id), size_bytes=media.size, content_type=detected.mime)
     await state.trigger.trigger(Topic.JOBS_SUBMITTED, job_id)
     return _outcome(base_url, job_id, JobStatus.UPLOADED, code=202)
+
+
+class _SameRequestError(Exception):
+    """The upload repeats an earlier request whose job answers for it (rolls the new job back)."""
+
+    def __init__(self, job_id: uuid.UUID) -> None:
+        super().__init__(str(job_id))
+        self.job_id = job_id
+
+
+async def _claim_same_request(
+    session: AsyncSession, principal: Principal, job_id: uuid.UUID, digest: str, ttl_seconds: int
+) -> uuid.UUID | None:
+    """Inside the transaction that makes `job_id` UPLOADED: None when this request is new (it is
+    recorded for the ones after it), else the job of the earlier identical request."""
+    key = SAME_REQUEST_PREFIX + digest
+    record = await idempotency.find(session, principal.key_id, key)
+    if record is not None:
+        earlier = await session.get(Job, record.job_id) if record.job_id is not None else None
+        if earlier is not None and earlier.api_key_id == principal.key_id and earlier.status not in _NOT_REUSED:
+            return earlier.id
+        await idempotency.release(session, principal.key_id, key)  # failed, cancelled or deleted
+    if await idempotency.reserve(
+        session, principal.key_id, key, job_id=job_id, digest=digest, ttl_seconds=ttl_seconds
+    ):
+        return None
+    # An identical request reserved it meanwhile (the insert waited for its commit): its job answers.
+    record = await idempotency.find(session, principal.key_id, key)
+    return record.job_id if record is not None else None
+
+
+async def _earlier_job(state: AppState, principal: Principal, job_id: uuid.UUID, base_url: str) -> Outcome:
+    async with state.sessionmaker() as session:
+        job = await owned_job(session, principal, job_id)
+    return _outcome(base_url, job.id, JobStatus(job.status), code=202, replayed=True)
 
 
 async def _discard(state: AppState, principal: Principal, job_id: uuid.UUID, idem_key: str | None) -> None:

@@ -10,10 +10,11 @@ active again no longer matches. Chunks, events, deliveries and attempts go with 
 (`ON DELETE CASCADE`).
 
 Orphaned chunk objects: a job that failed or was cancelled while the chunker was cutting it has no
-chunk rows (a retry chunks it again), so chunk objects under its prefix belong to nothing. The
-chunker deletes them itself, but an upload that outlived its cleanup may still land; once the job
-has been terminal for `orphan_chunks_grace_seconds`, the prefix is emptied under the job's row lock
-and the timeline records it (`{"orphan_chunk_objects_deleted": n}`), which also marks the job as
+complete set of chunks (`chunks_total` unset; a retry drops the rows announced so far and chunks it
+again), so chunk objects under its prefix belong to nothing. The chunker deletes them itself, but an
+upload that outlived its cleanup may still land; once the job has been terminal for
+`orphan_chunks_grace_seconds`, the prefix is emptied under the job's row lock and the timeline
+records it (`{"orphan_chunk_objects_deleted": n}`), which also marks the job as
 swept so the next pass does not list it again.
 """
 
@@ -29,7 +30,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from stt_common.db.jobs import record_event
 from stt_common.db.models import (
     TERMINAL_JOB_STATUSES,
-    Chunk,
     IdempotencyKey,
     Job,
     JobEvent,
@@ -57,13 +57,14 @@ def _expired(settings: MaintenanceSettings) -> Any:
 
 
 def _orphaned_chunks(settings: MaintenanceSettings) -> Any:
-    """Failed or cancelled after the chunker started, no chunk rows, not swept since it ended."""
+    """Failed or cancelled after the chunker started but before it finished (`chunks_total` unset:
+    whatever chunks it announced are a partial set that a retry drops), not swept since it ended."""
     ended_at = Job.status_changed_at
     return and_(
         Job.status.in_([JobStatus.FAILED.value, JobStatus.CANCELLED.value]),
         ended_at < func.now() - timedelta(seconds=settings.orphan_chunks_grace_seconds),
         exists().where(JobEvent.job_id == Job.id, JobEvent.to_status == JobStatus.CHUNKING.value),
-        not_(exists().where(Chunk.job_id == Job.id)),
+        Job.chunks_total.is_(None),
         not_(
             exists().where(
                 JobEvent.job_id == Job.id, JobEvent.at >= ended_at, JobEvent.detail.has_key(_SWEPT)

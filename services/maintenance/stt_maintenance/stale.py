@@ -7,8 +7,9 @@ transcriber renews the lease while it works). What is re-emitted follows from th
 * PENDING: nothing can be re-emitted (the upload or URL download ran in an ingest process that
   died), so it is failed as `stalled` after its threshold; the client can retry it.
 * otherwise what `stt_common.pipeline.resume_triggers` says (the decision ingest's retry and the
-  chunker share): UPLOADED and CHUNKING (no chunk rows yet) `stt.jobs.submitted` (the trigger lost
-  between commit and produce; the chunker chunks a CHUNKING job again, keys are deterministic);
+  chunker share): UPLOADED and CHUNKING (not chunked yet, whatever chunk rows the chunker has
+  announced) `stt.jobs.submitted` (the trigger lost between commit and produce; the chunker
+  chunks a CHUNKING job again, keys are deterministic);
   TRANSCRIBING `stt.chunks.ready` for every chunk PENDING or PROCESSING under an expired lease
   (chained mode: the first unfinished chunk only); MERGING (every chunk done) `stt.jobs.transcribed`.
 
@@ -140,7 +141,9 @@ class StaleJobs:
                 await self._fail(session, job, count)
                 return "failed"
 
-            triggers = resume_triggers(job.context_mode, await chunk_views(session, job_id))
+            triggers = resume_triggers(
+                job.context_mode, await chunk_views(session, job_id), chunked=job.chunks_total is not None
+            )
             count += 1
             await session.execute(update(Job).where(Job.id == job_id).values(redrive_count=count))
             detail: dict[str, Any] = {

@@ -21,16 +21,22 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import Counter, Histogram
-from sqlalchemy import func, select, text, update
+from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from stt_common.db.jobs import record_event, transition_job
+from stt_common.db.jobs import record_event
 from stt_common.db.models import Chunk, ChunkStatus, Job, JobStatus
 from stt_common.errors import CancelledJobError, ErrorCode, SttError, classify, is_transient
 from stt_common.kafka import EventProducer
 from stt_common.logs import get_logger
 from stt_common.messages import Envelope, Topic
-from stt_common.pipeline import LANGUAGE_PIN, fail_job, load_job, load_language_pin
+from stt_common.pipeline import (
+    LANGUAGE_PIN,
+    fail_job,
+    load_job,
+    load_language_pin,
+    start_merge_if_transcribed,
+)
 from stt_common.providers import LanguageDetector, Provider, ProviderRequest, local_models
 from stt_common.providers.catalogue import provider_info
 from stt_common.runner import Outcome
@@ -79,13 +85,15 @@ FALLBACK_ERRORS = frozenset(
     {ErrorCode.RATE_LIMITED, ErrorCode.QUOTA_EXCEEDED, ErrorCode.PROVIDER_UNAVAILABLE, ErrorCode.TIMEOUT}
 )
 
+# A chunk is claimable as soon as the chunker has announced it (its job is still CHUNKING while
+# later chunks are cut), so the first transcription starts while the recording is still decoding.
 _CLAIM = text(
     """
     UPDATE chunks SET status = 'PROCESSING', attempts = attempts + 1, updated_at = now(),
            lease_expires_at = now() + make_interval(secs => :lease)
     WHERE job_id = :job_id AND chunk_index = :index
       AND (status = 'PENDING' OR (status = 'PROCESSING' AND lease_expires_at < now()))
-      AND EXISTS (SELECT 1 FROM jobs WHERE id = :job_id AND status = 'TRANSCRIBING')
+      AND EXISTS (SELECT 1 FROM jobs WHERE id = :job_id AND status IN ('CHUNKING', 'TRANSCRIBING'))
     RETURNING start_seconds, end_seconds, attempts
     """
 )
@@ -225,6 +233,8 @@ class TranscriberHandler:
                     prompt=job_prompt(job.options or {}),
                     context_segments=context,
                     options=dict(job.options or {}),
+                    # Stored only for translate jobs (ingest checked the provider can translate).
+                    task="translate" if (job.options or {}).get("task") == "translate" else "transcribe",
                 )
                 try:
                     result, report = await self._with_fallback(job, audio, request, duration)
@@ -529,7 +539,7 @@ class TranscriberHandler:
 
     async def _check_not_cancelled(self, job_id: uuid.UUID) -> None:
         job = await load_job(self._sessions, job_id)
-        if job is None or job.status != JobStatus.TRANSCRIBING:
+        if job is None or job.status not in (JobStatus.CHUNKING, JobStatus.TRANSCRIBING):
             raise CancelledJobError("the job was cancelled, deleted or failed while this chunk was retried")
 
     # -- finishing ------------------------------------------------------------------------------
@@ -560,19 +570,7 @@ class TranscriberHandler:
                 stage=STAGE,
                 detail={"chunk_index": index, "provider_seconds": provider_seconds},
             )
-            unfinished = await session.scalar(
-                select(func.count())
-                .select_from(Chunk)
-                .where(Chunk.job_id == job.id, Chunk.status != ChunkStatus.COMPLETED)
-            )
-            merging = False
-            if unfinished == 0:
-                merging = (
-                    await transition_job(
-                        session, job.id, JobStatus.MERGING, allowed_from={JobStatus.TRANSCRIBING}, stage=STAGE
-                    )
-                    is not None
-                )
+            merging = await start_merge_if_transcribed(session, job.id, stage=STAGE)
             await session.commit()
         return merging
 

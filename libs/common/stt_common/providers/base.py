@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from stt_common.transcript import ChunkTranscript, Segment
 
@@ -19,6 +19,9 @@ class ProviderRequest:
     # The previous chunk's last segments (chained mode): continuity of names, spelling, speakers.
     context_segments: list[Segment] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
+    # "translate": English text of speech in any language (Whisper's task). Only providers whose
+    # catalogue capabilities say `translate` get it: ingest refuses the others at submission.
+    task: Literal["transcribe", "translate"] = "transcribe"
 
 
 class Provider(Protocol):

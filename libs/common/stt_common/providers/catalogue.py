@@ -25,6 +25,8 @@ class Capabilities:
     languages: the languages it transcribes, or None for "many; it detects them".
     max_request_bytes / max_request_seconds: the most one request may carry (None: no documented limit
       below our chunk size); the chunker cuts shorter chunks for such a provider.
+    translate: can translate speech into English text (a job's `task=translate`); ingest refuses a
+      translate job for a provider without it (422) rather than let it come back untranslated.
     """
 
     timestamps: Timestamps
@@ -33,6 +35,7 @@ class Capabilities:
     languages: frozenset[str] | None = None
     max_request_bytes: int | None = None
     max_request_seconds: float | None = None
+    translate: bool = False
 
     def max_chunk_seconds(self) -> float | None:
         """The longest chunk one request can carry, or None when any chunk we cut fits."""
@@ -74,7 +77,8 @@ PROVIDERS: dict[str, ProviderInfo] = {
             key_setting=None,
             default_model="tiny.en",
             models=("tiny.en", "base"),
-            capabilities=Capabilities(timestamps="words", diarization=False, prompt=True),
+            # Whisper's own translate task; with a multilingual model only (`base`, not `tiny.en`).
+            capabilities=Capabilities(timestamps="words", diarization=False, prompt=True, translate=True),
             source="in process",
         ),
         ProviderInfo(

@@ -7,7 +7,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import AfterValidator, BeforeValidator
 
@@ -17,10 +17,20 @@ from stt_ingest import jobs
 from stt_ingest.auth import PrincipalDep
 from stt_ingest.follow import SSE_MEDIA_TYPE, EventStreamResponse, Item, parse_last_event_id, wants_stream
 from stt_ingest.problems import ApiProblem, problem_responses
-from stt_ingest.routes.common import StateDep, base_url
+from stt_ingest.routes.common import base_url
 from stt_ingest.schemas import JobEvents, JobPage, JobView, ResultFormat
+from stt_ingest.state import AppState, app_state
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
+
+
+async def _state(request: Request) -> AppState:
+    """`app_state` as a coroutine: FastAPI runs a plain-function dependency in its thread pool, a
+    thread hand-off on every request (every poll) for what is an attribute read."""
+    return app_state(request)
+
+
+StateDep = Annotated[AppState, Depends(_state)]
 
 _ISO_DATE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
 

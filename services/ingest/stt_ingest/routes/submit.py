@@ -25,6 +25,7 @@ log = get_logger(__name__)
 
 router = APIRouter(prefix="/api/v1", tags=["submit"])
 UPLOAD_PATH = "/api/v1/transcribe"
+URL_PATH = "/api/v1/transcribe/url"
 
 
 async def submission_rate_limit(
@@ -51,7 +52,8 @@ async def submission_rate_limit(
             f"retry in {decision.reset_seconds} s.",
             headers=decision.headers(),
         )
-    await _refuse_beyond_active_jobs(state, principal, "upload" if request.url.path == UPLOAD_PATH else "url")
+    # Every other submission route (the OpenAI-compatible ones too) is an upload.
+    await _refuse_beyond_active_jobs(state, principal, "url" if request.url.path == URL_PATH else "upload")
     return decision
 
 
@@ -126,6 +128,12 @@ _UPLOAD_BODY: dict[str, Any] = {
                     "provider": {"type": "string", "maxLength": 64, "example": "local"},
                     "model": {"type": "string", "maxLength": 200},
                     "context_mode": {"type": "string", "enum": ["parallel", "chained"]},
+                    "task": {
+                        "type": "string",
+                        "enum": ["transcribe", "translate"],
+                        "description": "`translate`: English text whatever the language spoken "
+                        "(`local` with model `base` only; others are refused with 422).",
+                    },
                     "webhook_url": {
                         "type": "string",
                         "maxLength": 2048,

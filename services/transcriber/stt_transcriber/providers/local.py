@@ -33,6 +33,7 @@ from stt_common.providers.base import ProviderRequest
 from stt_common.providers.languages import normalise_language
 from stt_common.providers.local_models import (
     LOCAL_MODELS,
+    MULTILINGUAL_MODEL,
     LocalModelError,
     available_models,
     configured_model,
@@ -346,10 +347,14 @@ class LocalWhisperProvider:
         self, audio_path: Path, request: ProviderRequest, stop: threading.Event
     ) -> ChunkTranscript:
         spec = self.spec(request.model)
+        translate = request.task == "translate"
         if spec.english_only:
             self._check_language(spec.name, False, request.language)  # before loading anything
+            self._check_task(spec.name, False, translate)
         model = self._get_model(spec)
-        language = self._check_language(spec.name, bool(model.model.is_multilingual), request.language)
+        multilingual = bool(model.model.is_multilingual)
+        language = self._check_language(spec.name, multilingual, request.language)
+        self._check_task(spec.name, multilingual, translate)
         started = time.perf_counter()
         audio = _decode(audio_path)
         duration = audio.shape[0] / SAMPLE_RATE
@@ -361,6 +366,8 @@ class LocalWhisperProvider:
             "word_timestamps": True,
             "language": language,
             "initial_prompt": context_prompt(request),
+            # `language` stays the speech's (given or pinned): Whisper translates from it.
+            "task": request.task,
         }
         for key, value in request.options.items():
             if key in PASSTHROUGH_OPTIONS:
@@ -388,7 +395,8 @@ class LocalWhisperProvider:
         return ChunkTranscript(
             provider=self.name,
             model=spec.name,
-            language=info.language,
+            # A translation's text is English whatever was spoken (`info.language` is the speech's).
+            language="en" if translate else info.language,
             segments=segments,
         )
 
@@ -408,6 +416,17 @@ class LocalWhisperProvider:
         language, probability, _ = model.detect_language(_decode(audio_path), vad_filter=True)
         log.info("local_language_detected", model=spec.name, language=language, probability=probability)
         return str(language), float(probability)
+
+    @staticmethod
+    def _check_task(model_name: str, multilingual: bool, translate: bool) -> None:
+        """An English-only model cannot translate (Whisper's `.en` models have no translate task):
+        `LocalModelError`, naming the model that can. Ingest refuses such jobs already; this is for
+        a job submitted before, or a default model changed since."""
+        if translate and not multilingual:
+            raise LocalModelError(
+                f"local provider: model {model_name!r} is English-only and cannot translate: give the "
+                f"job model {MULTILINGUAL_MODEL!r} (multilingual), or task=transcribe"
+            )
 
     @staticmethod
     def _check_language(model_name: str, multilingual: bool, language: str | None) -> str | None:
