@@ -40,7 +40,10 @@ def start(start_service: StartService, vendor: FakeHiSpeech) -> StartService:
 
     async def start(name: str, **overrides: str) -> ServiceProcess:
         return await start_service(
-            name, STT_HISPEECH_API_KEY=KEY, STT_HISPEECH_BASE_URL=vendor.base_url, **CHUNKING, **overrides
+            name,
+            STT_HISPEECH_API_KEY=KEY,
+            STT_HISPEECH_BASE_URL=vendor.base_url,
+            **{**CHUNKING, **overrides},
         )
 
     return start
@@ -62,7 +65,8 @@ async def test_the_first_chunk_is_transcribed_while_the_recording_is_still_decod
     sessionmaker_: async_sessionmaker[AsyncSession],
     tmp_path: Path,
 ) -> None:
-    await asyncio.gather(start("chunker"), start("transcriber"), start("merger"))
+    # The server's chunk length is 300 s; the job asks for 60 s (six chunks).
+    await asyncio.gather(start("chunker", STT_CHUNK_SECONDS="300"), start("transcriber"), start("merger"))
     audio = _tone_mp3(tmp_path)
     job_id = uuid.uuid4()
 
@@ -81,7 +85,7 @@ async def test_the_first_chunk_is_transcribed_while_the_recording_is_still_decod
     stepping = asyncio.create_task(
         step_ffmpeg_until(job_id, a_chunk_done_while_chunking, "a chunk was transcribed")
     )
-    await jobs.submit(audio, job_id=job_id, provider="hispeech")
+    await jobs.submit(audio, job_id=job_id, provider="hispeech", options={"chunk_seconds": 60})
     os.kill(await asyncio.wait_for(stepping, timeout=180), signal.SIGCONT)
     job = await jobs.wait_terminal(job_id, timeout=180)
     assert job.status == JobStatus.COMPLETED, (job.error_code, job.error_message)
@@ -90,6 +94,7 @@ async def test_the_first_chunk_is_transcribed_while_the_recording_is_still_decod
     events = await _transitions(sessionmaker_, job_id)
     chunked = next(event for event in events if event.to_status == JobStatus.TRANSCRIBING)
     assert chunked.stage == "chunker"
+    assert chunked.detail["chunk_seconds"] == 60
     assert 0 < chunked.detail["first_chunk_ready_seconds"] < chunked.detail["chunking_seconds"]
     assert [event.to_status for event in events].count(JobStatus.MERGING) == 1
 

@@ -237,13 +237,16 @@ class ChunkerHandler:
         limit = (
             PROVIDERS[job.provider].capabilities.max_chunk_seconds() if job.provider in PROVIDERS else None
         )
+        # The job's own length (ingest checked it against the provider's limit), else the server's.
+        planned = chunk_seconds_within(
+            limit,
+            chunk_seconds=float(job.options.get("chunk_seconds") or settings.chunk_seconds),
+            overlap_seconds=settings.chunk_overlap_seconds,
+            search_window_seconds=settings.chunk_search_window_seconds,
+        )
+        timings["chunk_seconds"] = planned
         planner = ChunkPlanner(
-            chunk_seconds=chunk_seconds_within(
-                limit,
-                chunk_seconds=settings.chunk_seconds,
-                overlap_seconds=settings.chunk_overlap_seconds,
-                search_window_seconds=settings.chunk_search_window_seconds,
-            ),
+            chunk_seconds=planned,
             overlap_seconds=settings.chunk_overlap_seconds,
             search_window_seconds=settings.chunk_search_window_seconds,
             quietest=lambda start, end: quietest_point(wav, start, end),

@@ -20,7 +20,7 @@ from stt_ingest.settings import IngestSettings, missing_setting
 
 FORM_FIELDS = frozenset(
     {"language", "provider", "model", "context_mode", "webhook_url", "prompt", "vocabulary", "output",
-     "delete_after_seconds", "fallback_providers", "task"}
+     "delete_after_seconds", "fallback_providers", "task", "chunk_seconds"}
 )  # fmt: skip
 _REPEATABLE = frozenset({"vocabulary", "fallback_providers"})
 
@@ -136,6 +136,7 @@ def resolve_options(options: JobOptions, settings: IngestSettings) -> ResolvedOp
             ).url
         except UnsafeUrlError as exc:
             errors.append(FieldError(loc=["body", "webhook_url"], msg=exc.message, type=exc.code))
+    errors.extend(_chunk_length_errors(options.chunk_seconds, provider))
     if (
         options.delete_after_seconds is not None
         and options.delete_after_seconds > settings.max_delete_after_seconds
@@ -169,6 +170,7 @@ def resolve_options(options: JobOptions, settings: IngestSettings) -> ResolvedOp
             **({"fallback_providers": fallbacks} if fallbacks else {}),
             # Only when not the default: the options of every transcription job stay as they were.
             **({"task": options.task} if options.task != "transcribe" else {}),
+            **({"chunk_seconds": options.chunk_seconds} if options.chunk_seconds is not None else {}),
         },
     )
 
@@ -238,7 +240,9 @@ def _task_errors(
         info = PROVIDERS.get(name)
         if info is None or info.capabilities.translate:
             continue
-        loc: list[str | int] = ["body", "provider"] if position == 0 else ["body", "fallback_providers", position - 1]
+        loc: list[str | int] = (
+            ["body", "provider"] if position == 0 else ["body", "fallback_providers", position - 1]
+        )
         message = f"Provider {name!r} cannot translate (task=translate); {choose}, or use task=transcribe."
         errors.append(FieldError(loc=loc, msg=message, type="translate_unsupported"))
     resolved = local_models.resolve_model_name(model, settings.local_model) if provider == "local" else None
@@ -271,3 +275,17 @@ def request_hash(payload: Mapping[str, Any]) -> str:
     """A stable digest of a submission, for Idempotency-Key comparisons."""
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _chunk_length_errors(chunk_seconds: float | None, provider: str) -> list[FieldError]:
+    """A chunk length the provider cannot take in one request (the chunker would have to cut shorter
+    chunks than asked: say so now instead)."""
+    spec = PROVIDERS.get(provider)
+    limit = spec.capabilities.max_chunk_seconds() if spec is not None else None
+    if chunk_seconds is None or limit is None or chunk_seconds <= limit:
+        return []
+    message = (
+        f"Provider {provider!r} takes at most {int(limit)} s of audio per request: ask for chunk_seconds "
+        f"of at most {int(limit)}, or omit it for the server's default."
+    )
+    return [FieldError(loc=["body", "chunk_seconds"], msg=message, type="less_than_equal")]

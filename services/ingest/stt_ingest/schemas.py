@@ -32,6 +32,12 @@ class OutputOptions(BaseModel):
     speaker_labels: bool = Field(default=False, description="Ask the provider for speaker labels.")
 
 
+# A chunk must outlast the cut search window and the overlap by a margin (the chunker's planner), and
+# one much longer than a quarter hour gains nothing while a single slow request holds the whole job.
+MIN_CHUNK_SECONDS = 30
+MAX_CHUNK_SECONDS = 900
+
+
 class JobOptions(BaseModel):
     """Options every submission accepts."""
 
@@ -92,6 +98,16 @@ class JobOptions(BaseModel):
         description="Providers tried in order for a chunk whose provider fails after its retries with "
         "rate_limited, quota_exceeded, provider_unavailable or timeout (not auth_error or invalid_audio). "
         "Each must be configured; GET /api/v1/providers lists them.",
+    )
+    chunk_seconds: float | None = Field(
+        default=None,
+        ge=MIN_CHUNK_SECONDS,
+        le=MAX_CHUNK_SECONDS,
+        description="Planned length of each chunk in seconds (cuts fall in a pause near it). Shorter chunks "
+        "finish sooner when many transcribers are free; longer ones mean fewer boundaries to stitch. "
+        "At most what the provider takes per request; the server's default when omitted "
+        "(bench/README.md measures the trade-off).",
+        examples=[120],
     )
     output: OutputOptions | None = None
     delete_after_seconds: int | None = Field(

@@ -386,3 +386,21 @@ async def test_a_fallback_that_does_not_speak_the_jobs_language_is_refused(
     assert error["loc"] == ["body", "fallback_providers", 0]
     assert error["type"] == "unsupported_language"
     assert await _jobs_of(sessionmaker_, key) == 0
+
+
+async def test_a_chunk_length_is_the_jobs_own_within_what_its_provider_takes_per_request(
+    make_api: AppFactory, key: Key, sessionmaker_: async_sessionmaker[AsyncSession]
+) -> None:
+    async with make_api(openai_api_key=OPENAI_KEY) as api:
+        local = await _job(sessionmaker_, await _upload(api, key, chunk_seconds="60"))
+        assert local.options["chunk_seconds"] == 60
+        default = await _job(sessionmaker_, await _upload(api, key))
+        assert "chunk_seconds" not in default.options  # the chunker's STT_CHUNK_SECONDS
+        # 25 MB of 16 kHz WAV per OpenAI request: about 811 s.
+        assert (await _upload(api, key, provider="openai", chunk_seconds="800")).status_code == 202
+        refused = await _upload(api, key, provider="openai", chunk_seconds="900")
+        assert _field_error(refused, "chunk_seconds", "less_than_equal") == (
+            "Provider 'openai' takes at most 811 s of audio per request: ask for chunk_seconds of at most "
+            "811, or omit it for the server's default."
+        )
+    assert await _jobs_of(sessionmaker_, key) == 3

@@ -223,6 +223,9 @@ async def test_unicode_and_path_traversal_names_are_stored_safely(
         ({"output": "not json"}, ["body", "output"]),
         ({"output": '{"colour": "blue"}'}, ["body", "output", "colour"]),
         ({"delete_after_seconds": "10"}, ["body", "delete_after_seconds"]),
+        ({"chunk_seconds": "29"}, ["body", "chunk_seconds"]),
+        ({"chunk_seconds": "901"}, ["body", "chunk_seconds"]),
+        ({"chunk_seconds": "two minutes"}, ["body", "chunk_seconds"]),
         ({"surprise": "field"}, ["body", "surprise"]),
     ],
 )
