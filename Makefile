@@ -4,9 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STACK := $(PY) -m stt_devstack
-PACKAGES := libs/common services/ingest services/chunker services/transcriber services/merger services/notifier services/maintenance tools/devstack tools/cli
+PACKAGES := libs/common services/ingest services/chunker services/transcriber services/merger services/notifier services/maintenance tools/devstack tools/cli clients/python
 
-.PHONY: install lock up down status demo test lint typecheck bench bench-pipeline bench-chunker bench-fanout bench-quality clean
+.PHONY: install lock up down status demo test lint typecheck bench bench-pipeline bench-chunker bench-fanout bench-quality bench-follow clean
 
 # A stamp file makes `make install` idempotent: it reruns only when the lock or a manifest changes.
 $(VENV)/.installed: requirements.lock pyproject.toml $(addsuffix /pyproject.toml,$(PACKAGES))
@@ -50,7 +50,7 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 
 typecheck: install
-	$(VENV)/bin/mypy libs/common/stt_common services/*/stt_* tools/devstack/stt_devstack tools/cli/stt_cli
+	$(VENV)/bin/mypy libs/common/stt_common services/*/stt_* tools/devstack/stt_devstack tools/cli/stt_cli clients/python/stt_client
 
 # Benchmarks print their figures and write them to bench/results/<name>.json. Not part of `make test`.
 bench: bench-pipeline bench-chunker bench-fanout bench-ingest-upload bench-ingest-get bench-quality
@@ -65,11 +65,22 @@ bench-latency: install
 	$(STACK) system-deps
 	PYTHONPATH=. $(PY) -m bench.latency
 
+# WAV against FLAC chunks, step by step on an hour of speech (bytes, CPU of cut, S3 put/get, decode).
+.PHONY: bench-chunk-format
+bench-chunk-format: install
+	$(STACK) system-deps
+	PYTHONPATH=. $(PY) -m bench.chunk_format
+
 .PHONY: bench-ingest-upload bench-ingest-get test-chaos
 
 bench-ingest-upload bench-ingest-get: bench-ingest-%: install
 	$(STACK) system-deps
 	PYTHONPATH=. $(PY) -m bench.ingest_$*
+
+# 1,000 Server-Sent Events followers held by one ingest: RSS, the shared poller's query rate, delays.
+bench-follow: install
+	$(STACK) system-deps
+	PYTHONPATH=. $(PY) -m bench.follow
 
 # Load: a submission storm, a backlog drained by 1/2/4 transcribers, the rate limit across two ingests.
 .PHONY: bench-storm bench-backlog bench-limiter

@@ -1,6 +1,7 @@
-"""`stt follow` / `submit --wait`: the progress stream (SSE) when the server has one, polling when it
-answers the JSON timeline (an older server), and resuming with `Last-Event-ID` when a stream ends
-before the job. The server is an `httpx.MockTransport` (a real server: tests/e2e/test_cli.py)."""
+"""`stt follow` / `submit --wait` (`stt_client.Client.wait`): the progress stream (SSE) when the server
+has one, polling when it answers the JSON timeline (an older server), and resuming with
+`Last-Event-ID` when a stream ends before the job. The server is an `httpx.MockTransport` (real
+servers: tests/e2e/test_cli.py, tests/client/)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import json
 from typing import Any
 
 import httpx
-from stt_cli.client import SttClient
+
+from stt_client import Client
 
 JOB = "0b7c9f1e-5f1a-4d55-9b43-0a6f0d5c7e11"
 
@@ -41,8 +43,8 @@ class FakeServer:
             return httpx.Response(200, content=body.encode(), headers={"content-type": "text/event-stream"})
         return httpx.Response(404, json={"code": "not_found"})
 
-    def client(self) -> SttClient:
-        return SttClient("http://stt.test", "key", transport=httpx.MockTransport(self.handler))
+    def client(self) -> Client:
+        return Client("http://stt.test", "key", transport=httpx.MockTransport(self.handler))
 
 
 def test_follow_uses_the_stream_and_reads_the_job_only_at_events() -> None:
@@ -51,7 +53,7 @@ def test_follow_uses_the_stream_and_reads_the_job_only_at_events() -> None:
     server = FakeServer(["TRANSCRIBING", "TRANSCRIBING", "TRANSCRIBING", "COMPLETED"], [stream])
     seen: list[str] = []
     with server.client() as client:
-        job = client.follow(JOB, lambda job: seen.append(job["status"]), interval=0.01)
+        job = client.wait(JOB, on_update=lambda job: seen.append(job["status"]), poll_interval=0.01)
         assert client.streams_opened == 1
     assert job["status"] == "COMPLETED"
     assert seen == ["TRANSCRIBING", "TRANSCRIBING", "TRANSCRIBING", "COMPLETED"]
@@ -67,7 +69,7 @@ def test_a_stream_that_ends_early_is_resumed_after_the_last_event() -> None:
     second = "retry: 10\n\n" + _event(8, "COMPLETED")
     server = FakeServer(["TRANSCRIBING", "TRANSCRIBING", "TRANSCRIBING", "COMPLETED"], [first, second])
     with server.client() as client:
-        job = client.follow(JOB, lambda job: None, interval=0.01)
+        job = client.wait(JOB, poll_interval=0.01)
     assert job["status"] == "COMPLETED"
     assert [r.headers.get("last-event-id") for r in server.stream_requests] == [None, "7"]
 
@@ -76,7 +78,7 @@ def test_an_older_server_is_polled() -> None:
     server = FakeServer(["PENDING", "TRANSCRIBING", "TRANSCRIBING", "FAILED"], None)
     seen: list[str] = []
     with server.client() as client:
-        job = client.follow(JOB, lambda job: seen.append(job["status"]), interval=0.01)
+        job = client.wait(JOB, on_update=lambda job: seen.append(job["status"]), poll_interval=0.01)
         assert client.streams_opened == 0
     assert job["status"] == "FAILED"
     assert seen == ["PENDING", "TRANSCRIBING", "TRANSCRIBING", "FAILED"]
@@ -86,5 +88,5 @@ def test_an_older_server_is_polled() -> None:
 def test_a_finished_job_is_not_streamed() -> None:
     server = FakeServer(["COMPLETED"], [])
     with server.client() as client:
-        assert client.follow(JOB, lambda job: None)["status"] == "COMPLETED"
+        assert client.wait(JOB)["status"] == "COMPLETED"
     assert server.stream_requests == []

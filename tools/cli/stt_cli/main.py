@@ -18,12 +18,12 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
-from stt_cli.client import RESULT_FORMATS, ApiError, SttClient
+from stt_cli.client import explain
 from stt_cli.progress import Progress
+from stt_client import RESULT_FORMATS, Client, SttError, SubmitOptions
 
 DEFAULT_API_URL = "http://127.0.0.1:18000"
 LOCAL_STACK_ENV = Path(".stack/env")
@@ -52,33 +52,35 @@ def _connection(args: argparse.Namespace) -> tuple[str, str | None]:
 # ------------------------------------------------------------------------------------------ commands
 
 
-def _options(args: argparse.Namespace) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    for name in ("provider", "language", "model", "context_mode", "webhook_url", "prompt"):
-        value = getattr(args, name)
-        if value is not None:
-            options[name] = value
+def _options(args: argparse.Namespace) -> SubmitOptions:
+    options = SubmitOptions(
+        provider=args.provider,
+        language=args.language,
+        model=args.model,
+        context_mode=args.context_mode,
+        webhook_url=args.webhook_url,
+        prompt=args.prompt,
+    )
     if args.vocabulary:
         options["vocabulary"] = args.vocabulary
     if args.fallback:
         options["fallback_providers"] = args.fallback
-    return options
+    return options  # options left None are not sent: the server's defaults apply
 
 
-def cmd_submit(client: SttClient, args: argparse.Namespace) -> int:
+def cmd_submit(client: Client, args: argparse.Namespace) -> int:
     progress = Progress(quiet=args.quiet)
     options = _options(args)
     source: str = args.source
     if source.startswith(("http://", "https://")):
-        submitted = client.submit_url(source, options, idempotency_key=args.idempotency_key)
+        submitted = client.submit_url(source, idempotency_key=args.idempotency_key, **options)
     else:
         path = Path(source)
         if not path.is_file():
             print(f"stt: {source}: no such file (give a file path or an http(s) URL)", file=sys.stderr)
             return EXIT_USAGE
-        form = {k: v if isinstance(v, list) else str(v) for k, v in options.items()}
         submitted = client.submit_file(
-            path, form, idempotency_key=args.idempotency_key, on_progress=progress.upload
+            path, idempotency_key=args.idempotency_key, on_upload=progress.upload, **options
         )
         progress.end()
     job_id = args.job_id = str(submitted["job_id"])
@@ -93,23 +95,23 @@ def cmd_submit(client: SttClient, args: argparse.Namespace) -> int:
     return _follow_and_fetch(client, job_id, args, progress)
 
 
-def cmd_follow(client: SttClient, args: argparse.Namespace) -> int:
+def cmd_follow(client: Client, args: argparse.Namespace) -> int:
     return _follow_and_fetch(client, args.job_id, args, Progress(quiet=args.quiet))
 
 
-def _follow_and_fetch(client: SttClient, job_id: str, args: argparse.Namespace, progress: Progress) -> int:
+def _follow_and_fetch(client: Client, job_id: str, args: argparse.Namespace, progress: Progress) -> int:
     try:
-        job = client.follow(job_id, progress.job, interval=args.interval, timeout=args.timeout)
+        job = client.wait(job_id, on_update=progress.job, poll_interval=args.interval, timeout=args.timeout)
     finally:
         progress.end()
     if job["status"] != "COMPLETED":
-        error = job.get("error") or {}
-        reason = f": {error.get('code')}: {error.get('message')}" if error else ""
+        error = job.get("error")
+        reason = f": {error['code']}: {error.get('message')}" if error else ""
         print(f"stt: job {job_id} ended {job['status']}{reason}", file=sys.stderr)
-        if error.get("next_step"):  # the server says what fits this error
+        if error and error.get("next_step"):  # the server says what fits this error
             print(f"stt: {error['next_step']}", file=sys.stderr)
         return EXIT_JOB_FAILED
-    _write_result(client.result(job_id, args.format), args.output)
+    _write_result(client.result_bytes(job_id, args.format), args.output)
     return EXIT_OK
 
 
@@ -133,23 +135,25 @@ _STATUS_FIELDS = (
 )
 
 
-def cmd_status(client: SttClient, args: argparse.Namespace) -> int:
-    job = client.job(args.job_id)
+def cmd_status(client: Client, args: argparse.Namespace) -> int:
+    job = client.get_job(args.job_id)
     if args.json:
         print(json.dumps(job, indent=2))
         return EXIT_OK
-    progress = job.get("progress") or {}
-    chunks = f"{progress.get('chunks_done')}/{progress.get('chunks_total')} chunks"
+    progress = job["progress"]
+    chunks = f"{progress['chunks_done']}/{progress['chunks_total']} chunks"
     print(f"{job['id']}  {job['status']}  {chunks}")
+    fields: Mapping[str, object] = job
     for name in _STATUS_FIELDS:
-        if job.get(name) is not None:
-            print(f"  {name}: {job[name]}")
-    if job.get("error"):
-        print(f"  error: {job['error'].get('code')}: {job['error'].get('message')}")
+        if fields.get(name) is not None:
+            print(f"  {name}: {fields[name]}")
+    error = job["error"]
+    if error:
+        print(f"  error: {error['code']}: {error.get('message')}")
     return EXIT_OK
 
 
-def cmd_events(client: SttClient, args: argparse.Namespace) -> int:
+def cmd_events(client: Client, args: argparse.Namespace) -> int:
     for event in client.events(args.job_id):
         to_status = event.get("to_status")
         change = f"{event.get('from_status') or '-'} -> {to_status}" if to_status else ""
@@ -158,29 +162,29 @@ def cmd_events(client: SttClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_result(client: SttClient, args: argparse.Namespace) -> int:
-    _write_result(client.result(args.job_id, args.format), args.output)
+def cmd_result(client: Client, args: argparse.Namespace) -> int:
+    _write_result(client.result_bytes(args.job_id, args.format), args.output)
     return EXIT_OK
 
 
-def cmd_cancel(client: SttClient, args: argparse.Namespace) -> int:
+def cmd_cancel(client: Client, args: argparse.Namespace) -> int:
     print(f"{args.job_id} {client.cancel(args.job_id)['status']}")
     return EXIT_OK
 
 
-def cmd_retry(client: SttClient, args: argparse.Namespace) -> int:
+def cmd_retry(client: Client, args: argparse.Namespace) -> int:
     print(f"{args.job_id} {client.retry(args.job_id)['status']}")
     return EXIT_OK
 
 
-def cmd_delete(client: SttClient, args: argparse.Namespace) -> int:
+def cmd_delete(client: Client, args: argparse.Namespace) -> int:
     client.delete(args.job_id)
     print(f"{args.job_id} deleted")
     return EXIT_OK
 
 
-def cmd_list(client: SttClient, args: argparse.Namespace) -> int:
-    for job in client.jobs(status=args.status, limit=args.limit):
+def cmd_list(client: Client, args: argparse.Namespace) -> int:
+    for job in client.iter_jobs(status=args.status, max_items=args.limit):
         progress = job.get("progress") or {}
         name = job.get("original_filename") or job.get("source_url") or ""
         chunks = f"{progress.get('chunks_done')}/{progress.get('chunks_total')}"
@@ -188,7 +192,7 @@ def cmd_list(client: SttClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_providers(client: SttClient, args: argparse.Namespace) -> int:
+def cmd_providers(client: Client, args: argparse.Namespace) -> int:
     listing = client.providers()
     if args.json:
         print(json.dumps(listing, indent=2))
@@ -270,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_result_options(result)
     result.set_defaults(run=cmd_result)
 
-    simple: dict[str, tuple[str, Callable[[SttClient, argparse.Namespace], int]]] = {
+    simple: dict[str, tuple[str, Callable[[Client, argparse.Namespace], int]]] = {
         "events": ("a job's timeline, oldest first", cmd_events),
         "cancel": ("cancel an active job", cmd_cancel),
         "retry": ("retry a failed job (only unfinished chunks are redone)", cmd_retry),
@@ -298,12 +302,12 @@ def main(argv: list[str] | None = None) -> int:
     if not key:
         print("stt: no API key: pass --api-key or set STT_API_KEY", file=sys.stderr)
         return EXIT_USAGE
-    run: Callable[[SttClient, argparse.Namespace], int] = args.run
+    run: Callable[[Client, argparse.Namespace], int] = args.run
     try:
-        with SttClient(url, key) as client:
+        with Client(url, key) as client:
             return run(client, args)
-    except ApiError as error:
-        print(f"stt: {error}", file=sys.stderr)
+    except SttError as error:
+        print(f"stt: {explain(error, url)}", file=sys.stderr)
         return EXIT_API
     except KeyboardInterrupt:
         job = getattr(args, "job_id", None)

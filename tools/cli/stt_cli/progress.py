@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any, TextIO
 
 BAR_WIDTH = 30
@@ -18,7 +19,7 @@ def _megabytes(n: int) -> str:
     return f"{n / 1_000_000:.1f} MB"
 
 
-def job_line(job: dict[str, Any], elapsed: float) -> str:
+def job_line(job: Mapping[str, Any], elapsed: float) -> str:
     """`TRANSCRIBING  [#########.....] 3/5 chunks  12.0 s` (chunk counts once the audio is cut)."""
     progress = job.get("progress") or {}
     done, total = int(progress.get("chunks_done") or 0), int(progress.get("chunks_total") or 0)
@@ -66,7 +67,7 @@ class Progress:
         # Off a terminal: a line per 25 %, not per block.
         self.show(line, key=f"upload {int(percent // 25)}")
 
-    def job(self, job: dict[str, Any]) -> None:
+    def job(self, job: Mapping[str, Any]) -> None:
         elapsed = time.monotonic() - self.started
         if job["status"] == "TRANSCRIBING" and self._transcribing_since is None:
             self._transcribing_since = elapsed
