@@ -14,8 +14,11 @@ members hold none). For the best run it prints where the time went, from the job
 fake provider's request log, the first chunk's arrival in S3 and the webhook delivery.
 
 Sizes (env): BENCH_LATENCY_AUDIO_MINUTES (60), BENCH_LATENCY_SECONDS (provider latency per chunk,
-"2,10"), BENCH_LATENCY_COUNTS ("1,2,4,8,12,16"). The MP3 is made once and kept in bench/results/.
-Writes bench/results/latency.json. Run: `make bench-latency`."""
+"2,10"), BENCH_LATENCY_COUNTS ("1,2,4,8,12,16"), BENCH_LATENCY_CHUNK_SECONDS (the jobs'
+`chunk_seconds`, "300": the server's default), BENCH_LATENCY_PER_AUDIO_SECOND (provider seconds added
+per second of audio, 0: a hosted model's time grows with the chunk, which a fixed latency hides when
+chunk lengths are compared). The floor then counts the longest chunk's call. The MP3 is made once and
+kept in bench/results/. Writes bench/results/latency.json. Run: `make bench-latency`."""
 
 from __future__ import annotations
 
@@ -49,6 +52,8 @@ def env_list(name: str, default: str) -> list[float]:
 AUDIO_MINUTES = env_list("BENCH_LATENCY_AUDIO_MINUTES", "60")[0]
 LATENCIES = env_list("BENCH_LATENCY_SECONDS", "2,10")
 COUNTS = [int(count) for count in env_list("BENCH_LATENCY_COUNTS", "1,2,4,8,12,16")]
+CHUNK_SECONDS = env_list("BENCH_LATENCY_CHUNK_SECONDS", "300")
+PER_AUDIO_SECOND = env_list("BENCH_LATENCY_PER_AUDIO_SECOND", "0")[0]
 TARGET = 1.3
 STALL_SECONDS = 600
 
@@ -113,13 +118,22 @@ async def first_chunk_in_storage(bench: Bench, job_id: uuid.UUID) -> float:
 
 
 async def run_job(  # type: ignore[no-untyped-def]
-    bench: Bench, mp3: Path, fake, transcribers, key_id: uuid.UUID, hook: str, latency: float
+    bench: Bench,
+    mp3: Path,
+    fake,
+    transcribers,
+    key_id: uuid.UUID,
+    hook: str,
+    latency: float,
+    chunk_seconds: float,
 ) -> dict[str, Any]:
     fake.control.reset()
-    fake.control.configure(latency=latency)
+    fake.control.configure(latency=latency, latency_per_audio_second=PER_AUDIO_SECOND)
     decode = bare_decode_seconds(mp3)
     moves = assignments(transcribers)
-    job_id = await bench.jobs.submit(mp3, provider="openai", api_key_id=key_id)
+    job_id = await bench.jobs.submit(
+        mp3, provider="openai", api_key_id=key_id, options={"chunk_seconds": chunk_seconds}
+    )
     async with bench.sessions() as session:  # ingest stores the job's webhook; the harness does not
         await session.execute(update(Job).where(Job.id == job_id).values(webhook_url=hook))
         await session.commit()
@@ -141,7 +155,9 @@ async def run_job(  # type: ignore[no-untyped-def]
                 .order_by(JobEvent.at, JobEvent.id)
             )
         ).all()
-    calls = sorted(request.received_at for request in fake.control.requests())
+    requests = fake.control.requests()
+    calls = sorted(request.received_at for request in requests)
+    longest_call = latency + PER_AUDIO_SECOND * max(request.audio_seconds or 0.0 for request in requests)
     chunk_cut = await asyncio.wait_for(chunk_zero, 5)
 
     origin = events[0].at.timestamp()  # the harness's `submitted` event
@@ -153,8 +169,8 @@ async def run_job(  # type: ignore[no-untyped-def]
     chunks = job.chunks_total or 0
     wall = status_at[JobStatus.COMPLETED]
     merge = wall - status_at[JobStatus.MERGING]
-    floor = decode + latency + merge
-    predicted = decode + math.ceil(chunks / len(transcribers)) * latency + merge
+    floor = decode + longest_call + merge
+    predicted = decode + math.ceil(chunks / len(transcribers)) * longest_call + merge
     marks = {
         "chunking_start": status_at[JobStatus.CHUNKING],
         "first_chunk_in_s3": chunk_cut - origin,
@@ -170,6 +186,9 @@ async def run_job(  # type: ignore[no-untyped-def]
     return {
         "transcribers": len(transcribers),
         "latency_seconds": latency,
+        "latency_per_audio_second": PER_AUDIO_SECOND,
+        "chunk_seconds": chunk_seconds,
+        "longest_call_seconds": round(longest_call, 2),
         "chunks": chunks,
         "audio_seconds": round(job.duration_seconds or 0, 1),
         "wall_seconds": round(wall, 2),
@@ -182,7 +201,13 @@ async def run_job(  # type: ignore[no-untyped-def]
         "rebalances_during_run": assignments(transcribers) - moves,
         "provider_calls": len(calls),
         "chunker_steps_seconds": {
-            k: chunking.get(k) for k in ("download_seconds", "decode_seconds", "upload_tail_seconds")
+            k: chunking.get(k)
+            for k in (
+                "download_seconds",
+                "decode_seconds",
+                "upload_tail_seconds",
+                "first_chunk_ready_seconds",
+            )
         },
         "timeline_seconds": {k: None if v is None else round(v, 2) for k, v in marks.items()},
     }
@@ -190,12 +215,14 @@ async def run_job(  # type: ignore[no-untyped-def]
 
 def print_table(runs: list[dict[str, Any]]) -> None:
     print(
-        f"{'T':>3} {'lat s':>5} {'chunks':>6} {'wall s':>7} {'decode':>6} {'merge':>6} {'floor':>6}"
+        f"{'T':>3} {'lat s':>5} {'chunk':>5} {'chunks':>6} {'call':>5} {'wall s':>7} {'decode':>6}"
+        f" {'merge':>6} {'floor':>6}"
         f" {'pred.':>6} {'w/floor':>7} {'w/pred':>6} {'rebal':>5}"
     )
     for r in runs:
         print(
-            f"{r['transcribers']:>3} {r['latency_seconds']:>5g} {r['chunks']:>6} {r['wall_seconds']:>7.2f}"
+            f"{r['transcribers']:>3} {r['latency_seconds']:>5g} {r['chunk_seconds']:>5g} {r['chunks']:>6}"
+            f" {r['longest_call_seconds']:>5.1f} {r['wall_seconds']:>7.2f}"
             f" {r['bare_decode_seconds']:>6.2f} {r['merge_seconds']:>6.2f} {r['floor_seconds']:>6.2f}"
             f" {r['predicted_seconds']:>6.2f} {r['wall_over_floor']:>7.2f} {r['wall_over_predicted']:>6.2f}"
             f" {r['rebalances_during_run']:>5}"
@@ -245,9 +272,12 @@ async def main() -> None:
                 transcribers += added
                 settles[str(count)] = round(await wait_settled(transcribers), 1)
                 for latency in LATENCIES:
-                    run = await run_job(bench, mp3, fake, transcribers, key.id, hook, latency)
-                    runs.append(run)
-                    print_table([run])
+                    for chunk_seconds in CHUNK_SECONDS:
+                        run = await run_job(
+                            bench, mp3, fake, transcribers, key.id, hook, latency, chunk_seconds
+                        )
+                        runs.append(run)
+                        print_table([run])
     best = min(runs, key=lambda r: r["wall_over_floor"])
     at_scale = [r for r in runs if r["transcribers"] >= r["chunks"]]
     write_result(

@@ -52,6 +52,10 @@ PIPELINE: dict[str, dict[str, str]] = {
     "vad": {"STT_LOCAL_VAD_FILTER": "true"},
     "no_vad": {"STT_LOCAL_VAD_FILTER": "false"},
     "no_vad_no_condition": {"STT_LOCAL_VAD_FILTER": "false", "STT_LOCAL_CONDITION_ON_PREVIOUS_TEXT": "false"},
+    # Chunk length (the server's default is the chunker's STT_CHUNK_SECONDS, 300 s): what shorter
+    # chunks, which finish sooner with many transcribers, cost in words (bench/README.md weighs it).
+    "chunk60": {"STT_CHUNK_SECONDS": "60"},
+    "chunk120": {"STT_CHUNK_SECONDS": "120"},
 }
 CPU_THREADS = int(os.environ.get("STT_BENCH_CPU_THREADS", "0"))
 # Every row as it is measured, so that `--resume` after an interruption measures only what is missing.

@@ -95,6 +95,11 @@ TranscriptFor = Callable[[float], Sequence[ScriptSegment]]
 
 class FakeConfig(BaseModel):
     latency: float = Field(default=0.0, ge=0, description="Seconds before every answer.")
+    latency_per_audio_second: float = Field(
+        default=0.0,
+        ge=0,
+        description="More seconds per second of audio sent, as a hosted model's time grows with the audio.",
+    )
     api_key: str | None = Field(default=None, description="When set, other bearer tokens get a 401.")
     segment_seconds: float = Field(default=5.0, gt=0)
     word_seconds: float = Field(default=0.5, gt=0)
@@ -510,7 +515,7 @@ def create_app(state: FakeOpenAIState) -> FastAPI:
             failure=failure.kind if failure else None,
         )
         config = state.config
-        await state.sleep(config.latency)
+        await state.sleep(config.latency + config.latency_per_audio_second * (audio_seconds or 0.0))
         response = await _answer(failure, config, recorded)
         recorded.status = response.status_code  # the stored object: visible to later `requests()`
         return response
