@@ -56,6 +56,8 @@ PIPELINE: dict[str, dict[str, str]] = {
     # chunks, which finish sooner with many transcribers, cost in words (bench/README.md weighs it).
     "chunk60": {"STT_CHUNK_SECONDS": "60"},
     "chunk120": {"STT_CHUNK_SECONDS": "120"},
+    "chunk180": {"STT_CHUNK_SECONDS": "180"},
+    "chunk300": {"STT_CHUNK_SECONDS": "300"},
 }
 CPU_THREADS = int(os.environ.get("STT_BENCH_CPU_THREADS", "0"))
 # Every row as it is measured, so that `--resume` after an interruption measures only what is missing.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from stt_devstack.demo import run_demo
 from stt_devstack.harness import ServiceProcess, wait_until
 from stt_ingest.keys import create_key
 from tests.fixtures.audio import librivox_wavs, sine_wav
@@ -186,3 +188,27 @@ async def test_providers_and_a_fallback_the_server_has_not_configured(
     assert "HTTP 422" in refused.stderr
     assert "'wavam' is not configured on this deployment" in refused.stderr
     assert "configured: local" in refused.stderr
+
+    too_short = await stt(tmp_path, "submit", str(audio), "--chunk-seconds", "10", url=url, key=key)
+    assert too_short.returncode == 3
+    assert "chunk_seconds" in too_short.stderr
+    english_only = await stt(
+        tmp_path, "submit", str(audio), "--task", "translate", "--model", "tiny.en", url=url, key=key
+    )
+    assert english_only.returncode == 3
+    assert "HTTP 422" in english_only.stderr
+    assert "'base'" in english_only.stderr  # the model that can translate
+
+
+async def test_make_demo_transcribes_real_speech_through_the_api(
+    api: tuple[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What `make demo` runs once the stack is up (`python -m stt_devstack demo`)."""
+    url, key = api
+    code = await asyncio.to_thread(run_demo, url, key, tmp_path)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    rate = re.search(r"word error rate against the LibriVox reference: ([\d.]+)%", out)
+    assert rate is not None, out
+    assert float(rate[1]) < 15, out
+    assert "--- transcript" in out

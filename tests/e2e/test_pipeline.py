@@ -61,7 +61,7 @@ async def test_real_speech_over_two_chunks(
     pipeline: dict[str, ServiceProcess], jobs: Jobs, store: ObjectStore, librivox_long: tuple[Path, str]
 ) -> None:
     audio, reference = librivox_long
-    job_id = await jobs.submit(audio)
+    job_id = await jobs.submit(audio, options={"chunk_seconds": 300})  # the job's own length
     document = await completed_document(jobs, store, job_id)
     job = await jobs.get(job_id)
     assert job.chunks_total == 2
@@ -166,7 +166,7 @@ async def test_killing_a_transcriber_mid_chunk_loses_nothing(
 ) -> None:
     second = await start_service("transcriber", STT_LEASE_SECONDS="12", STT_LEASE_RENEW_SECONDS="3")
     audio = tmp_path / "long.wav"
-    # ~11 minutes: three chunks, so both transcribers are busy at once.
+    # ~11 minutes: six chunks, so both transcribers are busy at once.
     sentences = varied_sentences(150)
     espeak_wav(audio, sentences, gap_seconds=0.8, voice=ESPEAK_VOICE, words_per_minute=ESPEAK_WPM)
     job_id = await jobs.submit(audio)

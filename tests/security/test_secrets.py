@@ -148,7 +148,8 @@ async def _drive_ingest(
             {"X-API-Key": secrets.values["a near-miss api key"]},
             {"X-API-Key": FAKE_ANTHROPIC_STYLE},
             {"X-API-Key": FAKE_OPENAI_KEY},
-            {"Authorization": f"Bearer {secrets.api_key}"},
+            # Bearer is the other way to send a key: a near miss must be refused without an echo.
+            {"Authorization": f"Bearer {secrets.values['a near-miss api key']}"},
             {"X-API-Key": secrets.webhook_secret},
         ):
             answers.append(await client.get("/api/v1/jobs", headers=headers))

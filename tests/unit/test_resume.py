@@ -48,4 +48,7 @@ def test_chained_emits_only_the_first_unfinished_chunk_and_only_if_it_waits() ->
 def test_the_order_of_the_rows_does_not_matter() -> None:
     shuffled = list(reversed(chunks("d", "w", "w")))
     assert resume_triggers("chained", shuffled, chunked=True) == [(Topic.CHUNKS_READY, 1)]
-    assert resume_triggers("parallel", shuffled, chunked=True) == [(Topic.CHUNKS_READY, 1), (Topic.CHUNKS_READY, 2)]
+    assert resume_triggers("parallel", shuffled, chunked=True) == [
+        (Topic.CHUNKS_READY, 1),
+        (Topic.CHUNKS_READY, 2),
+    ]

@@ -186,6 +186,7 @@ class ProviderCapabilities(TypedDict):
     timestamps: Literal["words", "segments", "none"]
     diarization: bool
     prompt: bool
+    translate: bool
     languages: list[str] | None
     max_request_bytes: int | None
     max_request_seconds: float | None

@@ -23,9 +23,10 @@ from stt_common.ssrf import Resolver, system_resolver
 from stt_ingest.events import Trigger
 from stt_ingest.follow import FollowHub
 from stt_ingest.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from stt_ingest.openai_compat import TRANSCRIPTIONS_PATH, TRANSLATIONS_PATH, OpenAIErrorMiddleware
 from stt_ingest.problems import PROBLEM_MEDIA_TYPE, Problem, install_problem_handlers
 from stt_ingest.ratelimit import RateLimiter
-from stt_ingest.routes import jobs, ops, providers, submit, webhooks
+from stt_ingest.routes import jobs, openai_audio, ops, providers, submit, webhooks
 from stt_ingest.routes.submit import UPLOAD_PATH
 from stt_ingest.settings import IngestSettings
 from stt_ingest.state import AppState
@@ -55,6 +56,11 @@ TAGS = [
     {"name": "jobs", "description": "Follow, cancel, retry and delete jobs; download results."},
     {"name": "providers", "description": "The transcription providers this deployment offers."},
     {"name": "operations", "description": "Health, readiness and metrics."},
+    {
+        "name": "openai",
+        "description": "OpenAI Audio API compatible endpoints (`/v1/audio/*`), for OpenAI SDKs and "
+        "tools: a job like any other, answered when done; errors in OpenAI's envelope.",
+    },
 ]
 
 # OpenAPI links: where a job id comes from (operation, status, expression), and every operation it
@@ -195,14 +201,16 @@ def create_app(
     )
     install_problem_handlers(app)
     # Added last = outermost: the request id exists before the body limit answers.
-    app.add_middleware(
-        BodyLimitMiddleware, max_bytes=settings.max_json_body_bytes, exempt_paths=frozenset({UPLOAD_PATH})
-    )
+    uploads = frozenset({UPLOAD_PATH, TRANSCRIPTIONS_PATH, TRANSLATIONS_PATH})
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_json_body_bytes, exempt_paths=uploads)
     app.add_middleware(RequestContextMiddleware)
+    # Outermost: every error on /v1/ (the last-resort 500 included) in OpenAI's envelope.
+    app.add_middleware(OpenAIErrorMiddleware)
     app.include_router(submit.router)
     app.include_router(jobs.router)
     app.include_router(webhooks.router)
     app.include_router(providers.router)
     app.include_router(ops.router)
+    app.include_router(openai_audio.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

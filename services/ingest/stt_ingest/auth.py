@@ -87,9 +87,9 @@ async def authenticate(state: AppState, presented: str | None) -> Principal:
     return principal
 
 
-# One cache per engine, i.e. per running app (tests run several apps in one process); it goes with
-# the engine. Not in AppState because it must also be reachable from `keys.revoke_key`, which knows
-# no app: revocation goes through the process-wide registry in `keys`.
+# One cache per engine, i.e. per running app (tests run several apps in one process), made on first
+# use and gone with the engine. `keys.revoke_key` and the notification listener reach every cache
+# of the process through the registry in `keys`, whatever app it belongs to.
 _CACHES: weakref.WeakKeyDictionary[AsyncEngine, KeyCache[Principal]] = weakref.WeakKeyDictionary()
 _LISTENING = "stt_api_key_revocations"  # connection_record.info flag: this connection listens
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import time
 import uuid
@@ -90,7 +91,10 @@ class Item:
         )
         return cls(id=row.id, job_id=row.job_id, view=view)
 
-    def encode(self) -> bytes:
+    @functools.cached_property
+    def encoded(self) -> bytes:
+        """The SSE block, made once per row: the poller hands the same Item to every follower of
+        its job, and 1,000 followers must not mean 1,000 JSON encodings of one row."""
         name = "status" if self.view.to_status is not None else "progress"
         data = json.dumps(self.view.model_dump(mode="json"), separators=(",", ":"))
         return f"id: {self.id}\nevent: {name}\ndata: {data}\n\n".encode()
@@ -294,7 +298,7 @@ class EventStreamResponse(Response):
 
         await emit(f"retry: {self.retry_ms}\n\n".encode())
         for row in self.backlog:
-            await emit(row.encode())
+            await emit(row.encoded)
         follower = self.follower
         if follower is None:  # the backlog ended with the terminal status
             return
@@ -313,6 +317,6 @@ class EventStreamResponse(Response):
                 continue
             if item is None:
                 return
-            await emit(item.encode())
+            await emit(item.encoded)
             if item.terminal:
                 return

@@ -8,6 +8,7 @@ maintenance re-drive picks up.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, true, tuple_, update
+from sqlalchemy import bindparam, delete, func, select, true, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from stt_common import metrics as common_metrics
@@ -148,25 +149,30 @@ def job_view(job: Job, progress: Progress, base_url: str) -> JobView:
     )
 
 
+# `GET /api/v1/jobs/{id}`'s read: the job and its chunk counts in ONE statement. Built once: building
+# it per request (clause coercion, a fresh cache key) cost more CPU than running it.
+_CHUNK_COUNTS = (
+    select(
+        func.count().label("total"),
+        func.count().filter(Chunk.status == ChunkStatus.COMPLETED).label("done"),
+    )
+    .where(Chunk.job_id == Job.id)
+    .lateral("chunk_counts")
+)
+_JOB_VIEW_QUERY = (
+    select(Job, _CHUNK_COUNTS.c.total, _CHUNK_COUNTS.c.done)
+    .join(_CHUNK_COUNTS, true())
+    .where(Job.id == bindparam("job_id"), Job.api_key_id == bindparam("key_id"))
+)
+
+
 async def load_view(state: AppState, principal: Principal, job_id: uuid.UUID, base_url: str) -> JobView:
-    """One job as `GET /api/v1/jobs/{id}` shows it: the job and its chunk counts in ONE statement,
-    outside a transaction (one statement needs none: it reads one snapshot), so a poll is a single
-    query round trip instead of BEGIN, two queries and ROLLBACK."""
-    counts = (
-        select(
-            func.count().label("total"),
-            func.count().filter(Chunk.status == ChunkStatus.COMPLETED).label("done"),
-        )
-        .where(Chunk.job_id == Job.id)
-        .lateral("chunk_counts")
-    )
-    query = (
-        select(Job, counts.c.total, counts.c.done)
-        .join(counts, true())
-        .where(Job.id == job_id, Job.api_key_id == principal.key_id)
-    )
-    async with state.sessionmaker(bind=_autocommit(state.engine)) as session:
-        row = (await session.execute(query)).first()
+    """One job as `GET /api/v1/jobs/{id}` shows it, read outside a transaction (a single statement
+    needs none: it reads one snapshot), so a poll is one query round trip instead of BEGIN, two
+    queries and ROLLBACK. The counts are `progress_of`'s."""
+    reader = _reader(state)
+    async with reader.gate, state.sessionmaker(bind=reader.engine) as session:
+        row = (await session.execute(_JOB_VIEW_QUERY, {"job_id": job_id, "key_id": principal.key_id})).first()
     if row is None:
         raise not_found()
     job, total, done = row
@@ -174,15 +180,28 @@ async def load_view(state: AppState, principal: Principal, job_id: uuid.UUID, ba
     return job_view(job, progress, base_url)
 
 
-_AUTOCOMMIT: weakref.WeakKeyDictionary[AsyncEngine, AsyncEngine] = weakref.WeakKeyDictionary()
+@dataclass
+class _Reader:
+    engine: AsyncEngine  # the app's pool, without the transaction SQLAlchemy opens by default
+    # Polls queue here, first come first served, rather than in the pool: with more polls in flight
+    # than connections, the pool's queue lets a newcomer take a connection just handed to a waiter,
+    # which then goes to the back again (200 pollers on 20 connections: p99 several times the
+    # median). `db_pool_size` at most, so the pool's overflow stays free for everything else.
+    gate: asyncio.Semaphore
 
 
-def _autocommit(engine: AsyncEngine) -> AsyncEngine:
-    """The engine's pool, without the transaction SQLAlchemy opens by default (for single reads).
-    Made once per engine: building the option engine per request costs more than the read."""
-    reader = _AUTOCOMMIT.get(engine)
+_READERS: weakref.WeakKeyDictionary[AsyncEngine, _Reader] = weakref.WeakKeyDictionary()
+
+
+def _reader(state: AppState) -> _Reader:
+    """Made once per app (per engine): building the option engine per request costs more than the
+    read itself."""
+    reader = _READERS.get(state.engine)
     if reader is None:
-        reader = _AUTOCOMMIT[engine] = engine.execution_options(isolation_level="AUTOCOMMIT")
+        reader = _READERS[state.engine] = _Reader(
+            engine=state.engine.execution_options(isolation_level="AUTOCOMMIT"),
+            gate=asyncio.Semaphore(state.settings.db_pool_size),
+        )
     return reader
 
 

@@ -222,7 +222,7 @@ class KeyCache(Generic[V]):
             del self._entries[key_hash]
         pending = self._loading.get(key_hash)
         if pending is None:
-            pending = asyncio.ensure_future(self._load(key_hash, load))
+            pending = asyncio.ensure_future(self._load(key_hash, load, self._generation))
             # Nobody may be left to await it (every waiter's client went away): its outcome is
             # still retrieved, so a failed lookup is not reported as "never retrieved".
             pending.add_done_callback(lambda done: done.cancelled() or done.exception())
@@ -230,8 +230,9 @@ class KeyCache(Generic[V]):
         # Shielded: one waiter's cancellation (its client left) does not cancel the others' lookup.
         return await asyncio.shield(pending)
 
-    async def _load(self, key_hash: str, load: Callable[[], Awaitable[V | None]]) -> V | None:
-        generation = self._generation
+    async def _load(
+        self, key_hash: str, load: Callable[[], Awaitable[V | None]], generation: int
+    ) -> V | None:
         self.loads += 1
         try:
             value = await load()

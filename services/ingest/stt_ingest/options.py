@@ -54,7 +54,14 @@ def _problem_from_validation(exc: ValidationError, prefix: Sequence[str | int]) 
         FieldError(loc=[*prefix, *error["loc"]], msg=error["msg"], type=error["type"])
         for error in exc.errors(include_url=False, include_input=False)
     ]
-    return ApiProblem(422, "validation_error", "Some options are invalid.", errors=errors)
+    # Each field and what is wrong with it in the detail too, for clients that show only the detail.
+    named = "; ".join(_named(error) for error in errors)
+    return ApiProblem(422, "validation_error", f"Some options are invalid: {named}.", errors=errors)
+
+
+def _named(error: FieldError) -> str:
+    field = ".".join(str(part) for part in error.loc[1:])  # after `body`/`query`
+    return f"{field}: {error.msg}" if field else error.msg
 
 
 def options_from_form(fields: Mapping[str, list[str]]) -> JobOptions:

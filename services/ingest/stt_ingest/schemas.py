@@ -312,6 +312,7 @@ class ProviderCapabilitiesView(BaseModel):
     )
     diarization: bool = Field(description="Can label speakers (`output.speaker_labels`).")
     prompt: bool = Field(description="Takes `prompt` and `vocabulary` (free-text hints).")
+    translate: bool = Field(description="Can translate speech to English text (`task=translate`).")
     languages: list[str] | None = Field(
         description="The only languages it transcribes (ISO 639-1); null: many, and it detects them. "
         "A job asking for another language is refused (422)."

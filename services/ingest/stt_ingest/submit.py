@@ -292,7 +292,11 @@ async def _submit_upload(upload: _Upload, base_url: str) -> Outcome:
         async with state.sessionmaker() as session, session.begin():
             if upload.reuse:
                 earlier = await _claim_same_request(
-                    session, principal, job_id, upload.digest(filename, media), settings.idempotency_ttl_seconds
+                    session,
+                    principal,
+                    job_id,
+                    upload.digest(filename, media),
+                    settings.idempotency_ttl_seconds,
                 )
                 if earlier is not None:
                     raise _SameRequestError(earlier)
@@ -346,7 +350,11 @@ async def _claim_same_request(
     record = await idempotency.find(session, principal.key_id, key)
     if record is not None:
         earlier = await session.get(Job, record.job_id) if record.job_id is not None else None
-        if earlier is not None and earlier.api_key_id == principal.key_id and earlier.status not in _NOT_REUSED:
+        if (
+            earlier is not None
+            and earlier.api_key_id == principal.key_id
+            and earlier.status not in _NOT_REUSED
+        ):
             return earlier.id
         await idempotency.release(session, principal.key_id, key)  # failed, cancelled or deleted
     if await idempotency.reserve(

@@ -175,13 +175,17 @@ def result_document(
         )
     merged = merge_chunks(inputs)
     first = inputs[0].transcript if inputs else None
+    translated = (job.options or {}).get("task") == "translate"
     timestamps = _one_or_mixed([r["timestamps"] for r in reports], "provider")
     return {
         "job_id": str(job.id),
         "text": merged.text,
-        # Named by the job, else detected once and pinned for every chunk, else the provider's.
-        "language": (pinned[0] if pinned else None) or job.language or merged.language,
-        "language_probability": pinned[1] if pinned else None,
+        # The text's language: English for a translation (whatever was spoken); else named by the
+        # job, else detected once and pinned for every chunk, else the provider's.
+        "language": "en"
+        if translated
+        else (pinned[0] if pinned else None) or job.language or merged.language,
+        "language_probability": pinned[1] if pinned and not translated else None,
         "duration_seconds": job.duration_seconds,
         "provider": job.provider,
         "model": (first.model if first else None) or job.model,

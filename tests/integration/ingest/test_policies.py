@@ -245,7 +245,8 @@ async def test_openapi_documents_everything(api: Api) -> None:
         upload["responses"]["429"]["content"]["application/problem+json"]["schema"]["$ref"]
         == "#/components/schemas/Problem"
     )
-    assert upload["security"] == [{"APIKeyHeader": []}]
+    # Either scheme (a list of alternatives): the key in X-API-Key, or as a bearer token.
+    assert upload["security"] == [{"APIKeyHeader": []}, {"HTTPBearer": []}]
     schemas = spec["components"]["schemas"]
     assert {"Problem", "FieldError", "JobView", "UrlSubmission", "Submitted", "JobPage"} <= set(schemas)
     assert "HTTPValidationError" not in schemas

@@ -124,6 +124,7 @@ async def test_the_providers_are_listed_configured_or_not_and_no_key_is_shown(
             "timestamps": "words",
             "diarization": False,
             "prompt": True,
+            "translate": True,
             "languages": None,
             "max_request_bytes": None,
             "max_request_seconds": None,
@@ -189,7 +190,7 @@ async def test_the_list_needs_a_valid_key(api: Api) -> None:
     missing = await api.client.get("/api/v1/providers")
     assert missing.status_code == 401
     assert missing.json()["code"] == "unauthenticated"
-    assert missing.headers["www-authenticate"] == 'ApiKey header="X-API-Key"'
+    assert missing.headers["www-authenticate"] == 'ApiKey header="X-API-Key", Bearer'
     wrong = await api.client.get("/api/v1/providers", headers={"X-API-Key": "stt_not-a-real-key"})
     assert wrong.status_code == 401
     assert wrong.json()["code"] == "invalid_api_key"
@@ -198,7 +199,7 @@ async def test_the_list_needs_a_valid_key(api: Api) -> None:
 async def test_the_list_is_documented(api: Api) -> None:
     spec = (await api.client.get("/openapi.json")).json()
     operation = spec["paths"]["/api/v1/providers"]["get"]
-    assert operation["security"] == [{"APIKeyHeader": []}]
+    assert operation["security"] == [{"APIKeyHeader": []}, {"HTTPBearer": []}]
     assert operation["tags"] == ["providers"]
     assert operation["responses"]["200"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/ProviderList"

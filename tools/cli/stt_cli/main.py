@@ -65,6 +65,10 @@ def _options(args: argparse.Namespace) -> SubmitOptions:
         options["vocabulary"] = args.vocabulary
     if args.fallback:
         options["fallback_providers"] = args.fallback
+    if args.task:
+        options["task"] = args.task
+    if args.chunk_seconds is not None:
+        options["chunk_seconds"] = args.chunk_seconds
     return options  # options left None are not sent: the server's defaults apply
 
 
@@ -253,6 +257,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PROVIDER",
         help="a provider tried for a chunk whose provider is down, rate limited or out of quota; "
         "repeat for more, in order",
+    )
+    submit.add_argument(
+        "--task",
+        choices=("transcribe", "translate"),
+        help="translate: English text whatever the language spoken (local with model base)",
+    )
+    submit.add_argument(
+        "--chunk-seconds",
+        type=float,
+        help="planned chunk length, 30-900 s: shorter finishes sooner with many transcribers "
+        "(default: the server's)",
     )
     submit.add_argument("--idempotency-key", help="resubmitting with the same key returns the same job")
     submit.add_argument("--wait", "-w", action="store_true", help="follow the job and print the result")

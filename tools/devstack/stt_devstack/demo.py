@@ -1,21 +1,20 @@
 """`make demo`: real speech through the REST API and the whole pipeline, with progress on screen.
 
 The recording is the LibriVox read speech shipped by Debian's pocketsphinx-testdata (public domain),
-repeated to about 6.5 minutes so it spans two 5-minute chunks and exercises chunking and merging.
+repeated to about 6.5 minutes so it spans several chunks and exercises chunking and merging.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 import time
 import wave
 from pathlib import Path
 
-from stt_cli.client import ApiError, SttClient
 from stt_cli.progress import Progress
 
+from stt_client import Client, SttError
 from stt_devstack.wer import wer
 
 LIBRIVOX_DIR = Path("/usr/share/pocketsphinx/test/data/librivox")
@@ -53,24 +52,24 @@ def run_demo(api_url: str, api_key: str, work_dir: Path, *, timeout_seconds: flo
     print(f"recording: {audio} ({seconds / 60:.1f} min of LibriVox read speech)")
     progress = Progress(sys.stdout)
     try:
-        with SttClient(api_url, api_key) as client:
-            submitted = client.submit_file(audio, {"provider": "local"}, on_progress=progress.upload)
+        with Client(api_url, api_key) as client:
+            submitted = client.submit_file(audio, provider="local", on_upload=progress.upload)
             job_id = str(submitted["job_id"])
             progress.end()
             print(f"job {job_id} accepted; following {api_url}/api/v1/jobs/{job_id}")
             print(f"(the same from a shell: .venv/bin/stt follow {job_id})")
             started = time.monotonic()
-            job = client.follow(job_id, progress.job, interval=0.5, timeout=timeout_seconds)
+            job = client.wait(job_id, on_update=progress.job, poll_interval=0.5, timeout=timeout_seconds)
             progress.end()
             if job["status"] != "COMPLETED":
-                error = job.get("error") or {}
-                reason = f"{error.get('code')}: {error.get('message')}"
+                error = job["error"]
+                reason = f"{error['code']}: {error.get('message')}" if error else "no error recorded"
                 print(f"job ended {job['status']}: {reason}", file=sys.stderr)
                 return 1
             elapsed = time.monotonic() - started
-            transcript = client.result(job_id, "txt").decode()
-            document = json.loads(client.result(job_id, "json"))
-    except ApiError as error:
+            transcript = client.result(job_id, "txt")
+            document = client.result(job_id, "json")
+    except SttError as error:
         progress.end()
         print(f"demo: {error}", file=sys.stderr)
         return 1

@@ -45,6 +45,7 @@ def provider_view(info: ProviderInfo, settings: IngestSettings) -> ProviderView:
             timestamps=capabilities.timestamps,
             diarization=capabilities.diarization,
             prompt=capabilities.prompt,
+            translate=capabilities.translate,
             languages=sorted(capabilities.languages) if capabilities.languages is not None else None,
             max_request_bytes=capabilities.max_request_bytes,
             max_request_seconds=capabilities.max_request_seconds,

@@ -191,7 +191,7 @@ async def transcribe_upload(
     decision: RateDep,
     idempotency_key: IdempotencyHeader = None,
 ) -> JSONResponse:
-    outcome = await _run(
+    outcome = await run_submission(
         "upload",
         submit_upload(
             state, request, principal, idempotency.parse_key(idempotency_key), base_url(request, state)
@@ -218,14 +218,15 @@ async def transcribe_url(
     body: Annotated[UrlSubmission, Body()],
     idempotency_key: IdempotencyHeader = None,
 ) -> JSONResponse:
-    outcome = await _run(
+    outcome = await run_submission(
         "url",
         submit_url(state, principal, body, idempotency.parse_key(idempotency_key), base_url(request, state)),
     )
     return _respond(outcome, decision)
 
 
-async def _run(kind: str, work: Awaitable[Outcome]) -> Outcome:
+async def run_submission(kind: str, work: Awaitable[Outcome]) -> Outcome:
+    """Await a submission, counting it (accepted, replayed, or refused and why)."""
     try:
         outcome = await work
     except ApiProblem as problem:
