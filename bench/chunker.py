@@ -22,15 +22,19 @@ from pathlib import Path
 from sqlalchemy import text
 
 from bench._stack import bench_stack, peak_rss_mb, write_result
+from stt_chunker.settings import ChunkerSettings
 from stt_common.db.models import JobStatus
 from stt_devstack.harness import wait_until
 from tests.fixtures.audio import ESPEAK_VOICE, ESPEAK_WPM, espeak_wav, to_format, varied_sentences
 
 RUNS = 3
 STEPS = ("download_seconds", "decode_seconds", "upload_tail_seconds", "first_chunk_ready_seconds")
-# What the planner needs decoded before it may cut chunk 0: the chunk (300 s), half the search
-# window (10 s) and half the overlap (5 s), the chunker's defaults.
-FIRST_CHUNK_AUDIO_SECONDS = 315
+# What the planner needs decoded before it may cut chunk 0 (the chunker's defaults): the chunk, half
+# the search window and half the overlap.
+_DEFAULTS = ChunkerSettings()
+FIRST_CHUNK_AUDIO_SECONDS = (
+    _DEFAULTS.chunk_seconds + _DEFAULTS.chunk_search_window_seconds / 2 + _DEFAULTS.chunk_overlap_seconds / 2
+)
 
 
 def children_peak_rss_mb(pid: int, stop: threading.Event, peak: list[float]) -> None:
