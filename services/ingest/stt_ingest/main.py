@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import resource
 import sys
 from collections.abc import Sequence
 
@@ -117,12 +119,24 @@ async def _keys(settings: IngestSettings, args: argparse.Namespace) -> int:
         await engine.dispose()
 
 
+def _raise_open_files_limit() -> None:
+    """Every progress stream holds a connection, one descriptor each (STT_FOLLOW_MAX_STREAMS, 5,000):
+    a soft limit left at the common 1,024 would refuse connections near 1,000 followers. The hard
+    limit is the operator's (ulimit, the container runtime); the soft one is ours to raise to it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):  # not allowed here: keep the soft limit
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 def serve(settings: IngestSettings) -> None:
     # Imported here so that `keys …` does not pay for the web stack's imports.
     import uvicorn
 
     from stt_ingest.app import create_app
 
+    _raise_open_files_limit()
     app = create_app(settings)
     uvicorn.run(
         app,
