@@ -14,6 +14,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import uuid
 import warnings
 import wave
@@ -358,3 +359,26 @@ async def test_the_readme_curl_example_runs(stack: Stack, tmp_path: Path) -> Non
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["text"] == "w0 w1", done.stdout
     assert len(await stack.jobs(key_id)) == 1
+
+
+async def test_the_readme_sdk_example_runs(stack: Stack, tmp_path: Path) -> None:
+    _, api_key = await stack.key()
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## OpenAI-compatible endpoint", 1)[1].split("\n## ", 1)[0]
+    program = re.search(r"```python\n(.*?)```", section, re.S)
+    assert program is not None, "the section has a Python example"
+    tone(tmp_path / "speech.wav", 1.0)
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", program.group(1)],
+        cwd=tmp_path,
+        env={**os.environ, "STT_API_URL": stack.url, "STT_API_KEY": api_key},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    language, *segments = done.stdout.splitlines()
+    assert language.startswith("english ")
+    assert segments, done.stdout
+    assert "w0" in segments[0], done.stdout
