@@ -340,16 +340,19 @@ async def test_an_sdk_retry_after_a_lost_answer_gets_the_same_job(
     assert len(await stack.jobs(key_id)) == 1
 
 
-async def test_the_readme_curl_example_runs(stack: Stack, tmp_path: Path) -> None:
-    key_id, api_key = await stack.key()
+async def _run_readme_example(
+    stack: Stack, tmp_path: Path, api_key: str, language: str, runner: list[str], audio: str
+) -> str:
+    """The section's first `language` code block, run in a folder holding a one-second `audio`;
+    returns its output."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme.split("## OpenAI-compatible endpoint", 1)[1]
-    command = re.search(r"```sh\n(.*?)```", section, re.S)
-    assert command is not None, "the section has a sh example"
-    tone(tmp_path / "interview.wav", 1.0)
+    section = readme.split("## OpenAI-compatible endpoint", 1)[1].split("\n## ", 1)[0]
+    example = re.search(rf"```{language}\n(.*?)```", section, re.S)
+    assert example is not None, f"the section has a {language} example"
+    tone(tmp_path / audio, 1.0)
     done = await asyncio.to_thread(
         subprocess.run,
-        ["bash", "-euo", "pipefail", "-c", command.group(1)],
+        [*runner, example.group(1)],
         cwd=tmp_path,
         env={**os.environ, "STT_API_URL": stack.url, "STT_API_KEY": api_key},
         capture_output=True,
@@ -357,28 +360,22 @@ async def test_the_readme_curl_example_runs(stack: Stack, tmp_path: Path) -> Non
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["text"] == "w0 w1", done.stdout
+    return done.stdout
+
+
+async def test_the_readme_curl_example_runs(stack: Stack, tmp_path: Path) -> None:
+    key_id, api_key = await stack.key()
+    out = await _run_readme_example(
+        stack, tmp_path, api_key, "sh", ["bash", "-euo", "pipefail", "-c"], "interview.wav"
+    )
+    assert json.loads(out)["text"] == "w0 w1", out
     assert len(await stack.jobs(key_id)) == 1
 
 
 async def test_the_readme_sdk_example_runs(stack: Stack, tmp_path: Path) -> None:
     _, api_key = await stack.key()
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme.split("## OpenAI-compatible endpoint", 1)[1].split("\n## ", 1)[0]
-    program = re.search(r"```python\n(.*?)```", section, re.S)
-    assert program is not None, "the section has a Python example"
-    tone(tmp_path / "speech.wav", 1.0)
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-c", program.group(1)],
-        cwd=tmp_path,
-        env={**os.environ, "STT_API_URL": stack.url, "STT_API_KEY": api_key},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    language, *segments = done.stdout.splitlines()
+    out = await _run_readme_example(stack, tmp_path, api_key, "python", [sys.executable, "-c"], "speech.wav")
+    language, *segments = out.splitlines()
     assert language.startswith("english ")
-    assert segments, done.stdout
-    assert "w0" in segments[0], done.stdout
+    assert segments, out
+    assert "w0" in segments[0], out
