@@ -42,7 +42,7 @@ async def start_service(infra_env: dict[str, str], tmp_path: Path) -> AsyncItera
 async def pipeline(
     infra_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[dict[str, ServiceProcess]]:
-    """Chunker, transcriber and merger with default chunking (120 s + 10 s overlap), shared by a
+    """Chunker, transcriber and merger with default chunking (180 s + 10 s overlap), shared by a
     module's tests. Leases are short so a killed transcriber's chunk is reclaimed quickly."""
     log_dir = tmp_path_factory.mktemp("pipeline")
     env = {

@@ -166,7 +166,7 @@ async def test_killing_a_transcriber_mid_chunk_loses_nothing(
 ) -> None:
     second = await start_service("transcriber", STT_LEASE_SECONDS="12", STT_LEASE_RENEW_SECONDS="3")
     audio = tmp_path / "long.wav"
-    # ~11 minutes: six chunks, so both transcribers are busy at once.
+    # ~11 minutes: four chunks, so both transcribers are busy at once.
     sentences = varied_sentences(150)
     espeak_wav(audio, sentences, gap_seconds=0.8, voice=ESPEAK_VOICE, words_per_minute=ESPEAK_WPM)
     job_id = await jobs.submit(audio)

@@ -32,7 +32,7 @@ PLAIN_PASS = {"vad_filter": False, "condition_on_previous_text": True}
 
 @pytest.fixture(scope="module")
 def long_real_speech() -> CorpusItem:
-    """Eleven minutes of real English speech (six chunks of the default 120 s) and its reference."""
+    """Eleven minutes of real English speech (four chunks of the default 180 s) and its reference."""
     manifest = load_manifest()
     manifest["sources"] = {
         k: v for k, v in manifest["sources"].items() if k in ("pocketsphinx", "asterisk-en")

@@ -12,11 +12,10 @@ class ChunkerSettings(Settings):
     service_name: str = "chunker"
     ops_port: int = 8082
     max_in_flight: int = Field(default=1, ge=1, description="Jobs normalised at once (ffmpeg is CPU-bound).")
-    # 120 s from bench/README.md's chunk-length table: on real speech it scored 0.034 WER against
-    # 0.039-0.041 for 60, 180 and 300 s (as good as one pass over the whole file), and with many
-    # transcribers more, shorter chunks finish sooner.
+    # 180 s from bench/README.md's chunk-length table: the fewest errors pooled over three real-speech
+    # recordings (0.039 against 0.042 for 120 s and 0.043 for 300 s), and between them in time.
     chunk_seconds: float = Field(
-        default=120.0,
+        default=180.0,
         gt=10,
         description="Planned length of a chunk, unless the job names its own `chunk_seconds`.",
     )
