@@ -22,7 +22,7 @@ ROUNDS = 16
 GAP_SECONDS = 0.7
 
 
-def build_recording(target: Path) -> tuple[Path, str, float]:
+def build_recording(target: Path, rounds: int = ROUNDS) -> tuple[Path, str, float]:
     """Concatenate the samples; returns (path, reference text, seconds). Reused when present."""
     order = (LIBRIVOX_DIR / "fileids").read_text().split()
     references: dict[str, str] = {}
@@ -30,11 +30,11 @@ def build_recording(target: Path) -> tuple[Path, str, float]:
         match = re.match(r"^\s*(?:<s>)?\s*(.*?)\s*(?:</s>)?\s*\(([^)\s]+)\)\s*$", line)
         if match:
             references[match[2]] = match[1]
-    reference = " ".join(references[file_id] for _ in range(ROUNDS) for file_id in order)
+    reference = " ".join(references[file_id] for _ in range(rounds) for file_id in order)
     target.parent.mkdir(parents=True, exist_ok=True)
     if not target.exists():
         with wave.open(str(target), "wb") as out:
-            for round_ in range(ROUNDS):
+            for round_ in range(rounds):
                 for file_id in order:
                     with wave.open(str(LIBRIVOX_DIR / f"{file_id}.wav"), "rb") as sample:
                         if round_ == 0 and file_id == order[0]:
@@ -47,8 +47,11 @@ def build_recording(target: Path) -> tuple[Path, str, float]:
     return target, reference, seconds
 
 
-def run_demo(api_url: str, api_key: str, work_dir: Path, *, timeout_seconds: float = 900) -> int:
-    audio, reference, seconds = build_recording(work_dir / "librivox-demo.wav")
+def run_demo(
+    api_url: str, api_key: str, work_dir: Path, *, timeout_seconds: float = 900, rounds: int = ROUNDS
+) -> int:
+    """`rounds`: how many times the samples are repeated (16: about 6.5 minutes)."""
+    audio, reference, seconds = build_recording(work_dir / f"librivox-demo-{rounds}.wav", rounds)
     print(f"recording: {audio} ({seconds / 60:.1f} min of LibriVox read speech)")
     progress = Progress(sys.stdout)
     try:
