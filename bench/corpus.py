@@ -30,7 +30,7 @@ import wave
 import zipfile
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -484,3 +484,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def parity_recording(dest: Path = DEFAULT_DEST) -> CorpusItem:
+    """The 11-minute English recording (read speech and telephone prompts) of the e2e parity test
+    (tests/e2e/test_quality.py), also measured by `python -m bench.quality --parity`."""
+    manifest = load_manifest()
+    manifest["sources"] = {
+        k: v for k, v in manifest["sources"].items() if k in ("pocketsphinx", "asterisk-en")
+    }
+    english = [item for item in prepare(dest, manifest) if item.language == "en"]
+    [recording] = long_recordings(english, dest / "e2e", minutes=11, count=1)
+    return replace(recording, id="parity/en-11min")  # not the bench's own long/en-1

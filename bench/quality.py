@@ -31,7 +31,7 @@ import httpx
 from faster_whisper import WhisperModel
 
 from bench._stack import Bench, bench_stack, write_result
-from bench.corpus import DEFAULT_DEST, CorpusItem, long_recordings, prepare
+from bench.corpus import DEFAULT_DEST, CorpusItem, long_recordings, parity_recording, prepare
 from stt_devstack.harness import wait_until
 from stt_devstack.procs import free_port
 from stt_devstack.wer import word_errors
@@ -246,6 +246,9 @@ async def main() -> None:
     parser.add_argument("--pipeline", nargs="*", default=list(PIPELINE), help="pipeline settings")
     parser.add_argument("--base", action="store_true", help="also measure the multilingual base model")
     parser.add_argument("--long", type=int, default=2, help="long English recordings to make")
+    parser.add_argument(
+        "--parity", action="store_true", help="also the e2e parity test's 11-minute recording (pipeline rows)"
+    )
     parser.add_argument("--resume", action="store_true", help=f"reuse the rows kept in {ROWS_LOG}")
     parser.add_argument(
         "--every", type=int, default=4, help="single-pass rows for every Nth short phone prompt only"
@@ -266,6 +269,8 @@ async def main() -> None:
     # Pipeline rows: the long recordings (several chunks each) and the read and spoken files; the
     # hundreds of short phone prompts are one chunk each, so their pipeline row is a single pass.
     through_pipeline = long_en + [item for item in english if item.kind in ("read", "speech")]
+    if args.parity:
+        through_pipeline.append(parity_recording())
     minutes = sum(item.seconds for item in [*english, *long_en]) / 60
     print(f"{len(english)} English files and {len(long_en)} long recordings: {minutes:.1f} min", flush=True)
 

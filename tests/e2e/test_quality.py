@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.corpus import DEFAULT_DEST, CorpusItem, load_manifest, long_recordings, prepare
+from bench.corpus import DEFAULT_DEST, CorpusItem, load_manifest, parity_recording, prepare
 from stt_common.db.models import JobStatus
 from stt_common.providers import ProviderRequest
 from stt_common.s3 import ObjectStore, result_key
@@ -33,13 +33,7 @@ PLAIN_PASS = {"vad_filter": False, "condition_on_previous_text": True}
 @pytest.fixture(scope="module")
 def long_real_speech() -> CorpusItem:
     """Eleven minutes of real English speech (four chunks of the default 180 s) and its reference."""
-    manifest = load_manifest()
-    manifest["sources"] = {
-        k: v for k, v in manifest["sources"].items() if k in ("pocketsphinx", "asterisk-en")
-    }
-    english = [item for item in prepare(DEFAULT_DEST, manifest) if item.language == "en"]
-    [recording] = long_recordings(english, DEFAULT_DEST / "e2e", minutes=11, count=1)
-    return recording
+    return parity_recording()
 
 
 async def test_real_speech_over_several_chunks_is_no_worse_than_one_plain_pass(
